@@ -1,0 +1,49 @@
+"""``create_app(settings)``: the FastAPI application, built at start-up, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import errors
+from service.api.limits import BodyLimit
+from service.api.routes import router
+from service.runtime import build_runtime, load_checked
+from service.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app for ``settings``; raises ``ConfigError`` listing every config problem."""
+    config = load_checked(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings, config)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="token-broker",
+        version=__version__,
+        description="Short-lived OIDC client-credentials tokens for OpenMetadata ingestion.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: each worker builds its settings once, at start-up."""
+    from service.logs import configure_logging  # noqa: PLC0415 - only for served processes
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

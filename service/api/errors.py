@@ -1,0 +1,76 @@
+"""Every failure becomes an RFC 6749 error body; no stack trace ever reaches a caller."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from service.errors import BrokerError, InvalidRequest
+
+log = logging.getLogger("token_broker.api")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_HTTP_CODES = {401: "invalid_client", 403: "unauthorized_client"}
+
+
+def error_response(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON error body with the no-store headers."""
+    return Response(
+        content=orjson.dumps({"error": error, "error_description": description}),
+        status_code=status,
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def broker_error_response(exc: BrokerError) -> Response:
+    """Render a broker error."""
+    return error_response(exc.status, exc.error, exc.description, exc.headers())
+
+
+def describe_validation(exc: ValidationError | RequestValidationError) -> str:
+    """Field paths and reasons, never the offending input (it may hold a secret)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts) or "invalid request"
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """A pydantic failure as an ``invalid_request``."""
+    return InvalidRequest(describe_validation(exc))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    async def on_broker_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BrokerError)
+        return broker_error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(400, "invalid_request", describe_validation(exc))
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.error("unhandled error", extra={"error": type(exc).__name__})
+        return error_response(500, "server_error", "internal error")
+
+    app.add_exception_handler(BrokerError, on_broker_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

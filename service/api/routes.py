@@ -1,0 +1,305 @@
+"""The endpoints: parse and validate, authenticate, decide, issue, respond."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, unquote_plus
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from service import audit
+from service.api.errors import NO_STORE, broker_error_response, validation_error
+from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, TokenResponse
+from service.durations import parse_duration
+from service.errors import (
+    AccessDenied,
+    BrokerError,
+    InvalidClient,
+    InvalidRequest,
+    UnsupportedGrantType,
+)
+from service.models import Caller, Issued, TokenRequest
+from service.runtime import Runtime
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Malformed request (invalid_request, unsupported_grant_type).",
+        401: "Caller not authenticated (invalid_client).",
+        403: "Policy refused (unauthorized_client, invalid_scope).",
+        413: "Request body too large.",
+        502: "The issuer refused the exchange.",
+        503: "The issuer is unreachable and no cached token can stand in.",
+    }.items()
+}
+
+
+def runtime(request: Request) -> Runtime:
+    """The process's runtime, built by the lifespan."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def bearer_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> Caller:
+    """Authenticate ``Authorization: Bearer <credential>``."""
+    rt = runtime(request)
+    if not authorization:
+        raise InvalidClient("missing Authorization: Bearer credential")
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise InvalidClient("expected Authorization: Bearer <credential>")
+    try:
+        return rt.api_keys.authenticate(credential.strip())
+    except InvalidClient as exc:
+        audit.record("denied", caller=None, profile=None, reason=exc.error, client=_peer(request))
+        raise
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=orjson.dumps(body),
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str | None) -> Issued:
+    try:
+        grant = rt.config.policy.decide(caller, request)
+        issued = await rt.broker.issue(grant)
+    except BrokerError as exc:
+        audit.record(
+            "denied",
+            caller=caller.name,
+            profile=request.profile,
+            scopes=request.scopes or (),
+            reason=f"{exc.error}: {exc.description}",
+            labels=request.labels,
+            client=peer,
+        )
+        raise
+    audit.record(
+        "issued",
+        caller=caller.name,
+        profile=request.profile,
+        scopes=grant.scopes,
+        token=issued.token.access_token,
+        source=issued.source,
+        expires_in=int(issued.token.remaining(time.time())),
+        labels=request.labels,
+        client=peer,
+    )
+    return issued
+
+
+@router.post(
+    "/v1/token",
+    response_model=TokenResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TokenBody.model_json_schema()}},
+        }
+    },
+)
+async def v1_token(request: Request, caller: Annotated[Caller, Depends(bearer_caller)]) -> Response:
+    """Hand the caller a token for one of its profiles."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise InvalidRequest("Content-Type must be application/json")
+    try:
+        body = TokenBody.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    assert isinstance(body.min_ttl, int)
+    token_request = TokenRequest(
+        profile=body.profile,
+        scopes=tuple(body.scopes) if body.scopes is not None else None,
+        min_ttl=body.min_ttl,
+        labels=body.labels,
+    )
+    rt = runtime(request)
+    issued = await _issue(rt, caller, token_request, _peer(request))
+    grant_max = rt.config.policy.rule(caller.name, body.profile)
+    token = issued.token
+    now = time.time()
+    payload: dict[str, Any] = {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_in": int(token.remaining(now)),
+        "expires_at": int(token.expires_at),
+        "scope": token.scope,
+        "profile": body.profile,
+    }
+    if grant_max is not None and grant_max.max_ttl is not None:
+        payload["max_ttl"] = grant_max.max_ttl
+    return _json(payload, {"Token-Broker-Source": issued.source})
+
+
+_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+        "client_id": {"type": "string"},
+        "client_secret": {"type": "string"},
+        "scope": {"type": "string"},
+        "resource": {"type": "string"},
+        "audience": {"type": "string"},
+        "min_ttl": {"type": "string"},
+    },
+}
+
+
+@router.post(
+    "/oauth2/token",
+    response_model=OAuth2TokenResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}},
+        }
+    },
+)
+async def oauth2_token(request: Request) -> Response:
+    """RFC 6749 client-credentials facade: caller name as client_id, API key as secret."""
+    try:
+        return await _oauth2_token(request)
+    except InvalidClient as exc:
+        # RFC 6749 section 5.2: OAuth2 clients authenticate with HTTP Basic here.
+        exc.scheme = "Basic"
+        return broker_error_response(exc)
+
+
+async def _oauth2_token(request: Request) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise InvalidRequest("Content-Type must be application/x-www-form-urlencoded")
+    form = _parse_form(await request.body())
+    rt = runtime(request)
+    caller = _client_auth(rt, request, form)
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required")
+    if grant_type != "client_credentials":
+        raise UnsupportedGrantType("only grant_type=client_credentials is supported")
+    profile = _pick_profile(rt, caller, form.get("resource") or form.get("audience"))
+    scope = form.get("scope")
+    try:
+        min_ttl = parse_duration(form.get("min_ttl", "0"))
+    except ValueError as exc:
+        raise InvalidRequest(f"min_ttl: {exc}") from None
+    token_request = TokenRequest(
+        profile=profile,
+        scopes=tuple(scope.split()) if scope else None,
+        min_ttl=min_ttl,
+    )
+    issued = await _issue(rt, caller, token_request, _peer(request))
+    token = issued.token
+    return _json(
+        {
+            "access_token": token.access_token,
+            "token_type": token.token_type,
+            "expires_in": int(token.remaining(time.time())),
+            "scope": token.scope,
+        },
+        {"Token-Broker-Source": issued.source},
+    )
+
+
+def _parse_form(body: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("body is not application/x-www-form-urlencoded") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        # RFC 6749 section 3.2: parameters must not be included more than once.
+        if key in form:
+            raise InvalidRequest(f"parameter '{key}' is repeated")
+        form[key] = value
+    return form
+
+
+def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> Caller:
+    header = request.headers.get("authorization")
+    in_body = "client_secret" in form
+    if header and in_body:
+        raise InvalidRequest("use one client authentication method, not two")
+    if header:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise InvalidClient("use HTTP Basic or client_secret_post client authentication")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidClient("malformed Basic credentials") from None
+        raw_id, sep, raw_secret = decoded.partition(":")
+        if not sep:
+            raise InvalidClient("malformed Basic credentials")
+        # RFC 6749 section 2.3.1: both parts are form-urlencoded before Basic encoding.
+        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        if form.get("client_id", client_id) != client_id:
+            raise InvalidRequest("client_id in the body differs from the Basic credentials")
+    elif in_body:
+        client_id, secret = form.get("client_id", ""), form["client_secret"]
+    else:
+        raise InvalidClient("client authentication required")
+    try:
+        return rt.api_keys.authenticate_client(client_id, secret)
+    except InvalidClient:
+        audit.record(
+            "denied", caller=None, profile=None, reason="invalid_client", client=_peer(request)
+        )
+        raise
+
+
+def _pick_profile(rt: Runtime, caller: Caller, target: str | None) -> str:
+    granted = rt.config.policy.profiles_for(caller)
+    if target is None:
+        if len(granted) == 1:
+            return granted[0]
+        raise InvalidRequest("caller holds several grants; name one with resource=<profile>")
+    if target in rt.config.profiles:
+        return target
+    for name in granted:
+        spec = rt.config.profiles[name].spec
+        if target in {spec.audience, spec.resource}:
+            return name
+    raise AccessDenied("no granted profile matches the requested resource")
+
+
+@router.get("/healthz", responses={200: {"description": "The process is alive."}})
+async def healthz() -> Response:
+    """Liveness: no I/O."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unavailable."}})
+async def readyz(request: Request) -> Response:
+    """Readiness: the cache backend answers."""
+    checks = await runtime(request).ready()
+    ready = all(v in {"ok", "memory"} for v in checks.values())
+    return Response(
+        content=orjson.dumps({"status": "ready" if ready else "unready", "checks": checks}),
+        status_code=200 if ready else 503,
+        media_type="application/json",
+        headers=NO_STORE,
+    )

@@ -1,0 +1,61 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from service.durations import parse_duration
+
+ProfileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+class TokenBody(BaseModel):
+    """``POST /v1/token``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: ProfileName
+    scopes: list[ScopeToken] | None = Field(default=None, max_length=32)
+    min_ttl: int | str = Field(
+        default=0,
+        description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",
+    )
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("min_ttl")
+    @classmethod
+    def _duration(cls, value: int | str) -> int:
+        return parse_duration(value)
+
+
+class TokenResponse(BaseModel):
+    """A token handed out by ``POST /v1/token``."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    expires_at: int
+    scope: str
+    profile: str
+    max_ttl: int | None = None
+
+
+class OAuth2TokenResponse(BaseModel):
+    """RFC 6749 section 5.1 success response."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str
+
+
+class ErrorBody(BaseModel):
+    """RFC 6749 section 5.2 error response, used for every error."""
+
+    error: str
+    error_description: str

@@ -1,0 +1,51 @@
+"""The audit trail: one structured line per issuance and per denial.
+
+Fields are chosen so the secret team can answer "who got which token when" without the
+line ever holding a token: ``fingerprint`` is a hash prefix of the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+
+log = logging.getLogger("token_broker.audit")
+
+
+def fingerprint(token: str) -> str:
+    """A stable, non-reversible short id of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def record(
+    outcome: str,
+    *,
+    caller: str | None,
+    profile: str | None,
+    scopes: tuple[str, ...] = (),
+    reason: str | None = None,
+    token: str | None = None,
+    source: str | None = None,
+    expires_in: int | None = None,
+    labels: Mapping[str, str] | None = None,
+    client: str | None = None,
+) -> None:
+    """Write one audit line; ``outcome`` is ``issued`` or ``denied``."""
+    log.info(
+        "token %s",
+        outcome,
+        extra={
+            "event": "token",
+            "outcome": outcome,
+            "caller": caller,
+            "profile": profile,
+            "scopes": " ".join(scopes),
+            "reason": reason,
+            "fingerprint": fingerprint(token) if token else None,
+            "source": source,
+            "expires_in": expires_in,
+            "labels": dict(labels or {}),
+            "client": client,
+        },
+    )

@@ -1,0 +1,205 @@
+"""The use case: hand out a token for a grant, fetching from the issuer as rarely as possible.
+
+``Broker.issue`` serves from the cache when a token has enough life left, refreshes ahead
+of expiry in the background, and collapses concurrent misses into one exchange per
+process (an asyncio future per key) and one across replicas (the ``RefreshLock``).
+Adapters for the cache, the lock and the issuer implement the protocols below; this
+module imports no framework, no Redis and no HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from service.errors import TokenLifetimeTooShort, UpstreamUnavailable
+from service.models import Grant, Issued, IssuedToken
+
+log = logging.getLogger("token_broker.broker")
+
+Clock = Callable[[], float]
+Accept = Callable[[IssuedToken], bool]
+
+
+class TokenCache(Protocol):
+    """Where tokens live between exchanges."""
+
+    async def get(self, key: str) -> IssuedToken | None:
+        """The token stored under ``key``, or ``None``."""
+
+    async def put(self, key: str, token: IssuedToken, ttl: float) -> None:
+        """Store ``token`` under ``key`` for ``ttl`` seconds."""
+
+
+class RefreshLock(Protocol):
+    """A lease that lets one replica at a time talk to the issuer for a key."""
+
+    async def acquire(self, key: str) -> str | None:
+        """A lease id when acquired, ``None`` when another holder has it."""
+
+    async def release(self, key: str, lease: str) -> None:
+        """Give the lease back if it is still ours."""
+
+
+class TokenSource(Protocol):
+    """The issuer side: one client-credentials exchange."""
+
+    async def fetch(self, profile: str, scopes: tuple[str, ...]) -> IssuedToken:
+        """A fresh token for ``profile`` carrying ``scopes``."""
+
+
+class LocalOnlyLock:
+    """The lock for a single replica: the in-process single-flight is all it needs."""
+
+    async def acquire(self, key: str) -> str | None:
+        """Always granted."""
+        del key
+        return "local"
+
+    async def release(self, key: str, lease: str) -> None:
+        """Nothing to release."""
+
+
+class Broker:
+    """Issues tokens for grants over a cache, a cross-replica lock and an issuer."""
+
+    def __init__(
+        self,
+        *,
+        cache: TokenCache,
+        source: TokenSource,
+        profiles: Mapping[str, str],
+        lock: RefreshLock | None = None,
+        clock: Clock = time.time,
+        refresh_fraction: float = 2 / 3,
+        max_skew: float = 30.0,
+        wait_timeout: float = 15.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._cache = cache
+        self._source = source
+        # profile name -> stable identity of the OIDC client (issuer, client id, audience...).
+        self._profiles = profiles
+        self._lock = lock or LocalOnlyLock()
+        self._clock = clock
+        self._refresh_fraction = refresh_fraction
+        self._max_skew = max_skew
+        self._wait_timeout = wait_timeout
+        self._sleep = sleep
+        self._flights: dict[str, asyncio.Future[IssuedToken]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
+        """Cache key of a token: the client identity and the sorted scope set, hashed."""
+        material = f"{self._profiles[profile]}\n{' '.join(sorted(scopes))}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def skew(self, token: IssuedToken) -> float:
+        """Safety margin before expiry; a tenth of the life for short-lived tokens."""
+        return min(self._max_skew, token.lifetime / 10)
+
+    async def issue(self, grant: Grant) -> Issued:
+        """A token for ``grant`` that lives at least ``grant.min_ttl`` seconds."""
+        key = self.key_for(grant.profile, grant.scopes)
+        cached = await self._cache.get(key)
+        if cached is not None:
+            now = self._clock()
+            if self._usable(cached, now, grant.min_ttl):
+                if now >= cached.refresh_at(self._refresh_fraction):
+                    self._refresh_in_background(key, grant)
+                return Issued(cached, "cache")
+            self._check_lifetime(grant, cached)
+        # A joiner may receive a token fetched for a less demanding caller: then go again.
+        for _ in range(3):
+            token = await self._single_flight(key, grant, self._acceptor(grant.min_ttl))
+            self._check_lifetime(grant, token)
+            if self._usable(token, self._clock(), grant.min_ttl):
+                return Issued(token, "issuer")
+        raise UpstreamUnavailable("could not obtain a token with enough remaining life")
+
+    async def aclose(self) -> None:
+        """Cancel background refreshes; used at shutdown."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _usable(self, token: IssuedToken, now: float, min_ttl: int) -> bool:
+        return token.remaining(now) >= max(min_ttl, self.skew(token))
+
+    def _acceptor(self, min_ttl: int) -> Accept:
+        return lambda token: self._usable(token, self._clock(), min_ttl)
+
+    def _check_lifetime(self, grant: Grant, token: IssuedToken) -> None:
+        # The issuer decides lifetimes; a token it issued is the longest it will give.
+        if token.lifetime < grant.min_ttl:
+            raise TokenLifetimeTooShort(grant.profile, token.lifetime, grant.min_ttl)
+
+    def _refresh_in_background(self, key: str, grant: Grant) -> None:
+        if key in self._flights:
+            return
+
+        def fresh(token: IssuedToken) -> bool:
+            # Another replica may have refreshed already: its token is past no refresh point.
+            return self._clock() < token.refresh_at(self._refresh_fraction)
+
+        async def refresh() -> None:
+            try:
+                await self._single_flight(key, grant, fresh)
+            except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the loop
+                log.warning(
+                    "background refresh failed",
+                    extra={"profile": grant.profile, "error": type(exc).__name__},
+                )
+
+        task = asyncio.create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _single_flight(self, key: str, grant: Grant, accept: Accept) -> IssuedToken:
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch_shared(key, grant, accept))
+            self._flights[key] = flight
+
+            def forget(done: asyncio.Future[IssuedToken]) -> None:
+                if self._flights.get(key) is done:
+                    del self._flights[key]
+                if not done.cancelled():
+                    done.exception()  # mark retrieved: joiners may all have gone away
+
+            flight.add_done_callback(forget)
+        # Shielded: a caller that disconnects must not cancel the exchange others wait on.
+        return await asyncio.shield(flight)
+
+    async def _fetch_shared(self, key: str, grant: Grant, accept: Accept) -> IssuedToken:
+        """One exchange across all replicas: hold the lease or wait for its holder's value."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_timeout
+        pause = 0.01
+        while True:
+            lease = await self._lock.acquire(key)
+            if lease is not None:
+                try:
+                    current = await self._cache.get(key)
+                    if current is not None and accept(current):
+                        return current
+                    token = await self._source.fetch(grant.profile, grant.scopes)
+                    ttl = token.remaining(self._clock()) - self.skew(token)
+                    if ttl > 0:
+                        await self._cache.put(key, token, ttl)
+                    return token
+                finally:
+                    await self._lock.release(key, lease)
+            if loop.time() >= deadline:
+                raise UpstreamUnavailable(
+                    "timed out waiting for another replica's exchange with the issuer"
+                )
+            await self._sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+            current = await self._cache.get(key)
+            if current is not None and accept(current):
+                return current

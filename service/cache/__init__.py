@@ -1,0 +1,1 @@
+"""Token caches: in-process (``memory``), shared Redis (``redis``) and their encryption."""

@@ -1,0 +1,1 @@
+"""Who is asking: each module turns a presented credential into a ``Caller`` or refuses."""

@@ -1,0 +1,353 @@
+"""The broker YAML: profiles (OIDC clients), callers and their grants.
+
+``load_config`` checks everything it can and raises one ``ConfigError`` listing every
+problem, so an operator fixes a file in one pass. No message ever contains a secret: we
+only ever name the field and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from service.durations import parse_duration
+from service.errors import ConfigError
+from service.policy import GrantRule, Policy
+from service.upstream.base import Provider, url_problem
+from service.upstream.providers import PROVIDERS
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# RFC 6749 section 3.3 scope-token.
+ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
+M = TypeVar("M", bound=BaseModel)
+_RESERVED_PARAMS = frozenset(
+    {
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "scope",
+        "audience",
+        "resource",
+    }
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProfileSpec(_Strict):
+    """One OIDC client the broker exchanges credentials for."""
+
+    provider: Literal["oidc", "onelogin"] = "oidc"
+    issuer: str | None = None
+    token_endpoint: str | None = None
+    subdomain: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
+    region: Literal["us", "eu"] | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    client_secret: Any = None
+    private_key: Any = None
+    signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
+    key_id: str | None = None
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
+        "client_secret_basic"
+    )
+    scopes: list[ScopeToken] = Field(default_factory=list)
+    audience: str | None = None
+    resource: str | None = None
+    extra_params: dict[str, str] = Field(default_factory=dict)
+
+
+class GrantSpec(_Strict):
+    """A caller's right to a profile, optionally narrowed to some scopes."""
+
+    profile: str
+    scopes: list[ScopeToken] | None = None
+    max_ttl: str | int | None = None
+
+
+class KubernetesSpec(_Strict):
+    """Binds a caller to a Kubernetes service account (verified in a later release)."""
+
+    namespace: Name
+    service_account: Name
+    pod: str | None = None
+
+
+class CallerSpec(_Strict):
+    """Who may ask, how they prove it, and what they may get."""
+
+    api_key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    kubernetes: KubernetesSpec | None = None
+    roles: list[Literal["admin"]] = Field(default_factory=list)
+    grants: list[GrantSpec] = Field(default_factory=list)
+
+
+class SecretSource:
+    """Where a secret lives; read on use so a rotated file is picked up without restart."""
+
+    def __init__(
+        self, *, file: Path | None = None, env: str | None = None, inline: str = ""
+    ) -> None:
+        self.file = file
+        self.env = env
+        self._inline = inline
+
+    def describe(self) -> str:
+        """Where the secret comes from, never what it is."""
+        if self.file is not None:
+            return f"file {self.file}"
+        if self.env is not None:
+            return f"env {self.env}"
+        return "inline (development only)"
+
+    def read(self) -> str:
+        """The current secret; raises ``OSError`` / ``LookupError`` when it is unavailable."""
+        if self.file is not None:
+            value = self.file.read_text(encoding="utf-8").strip()
+        elif self.env is not None:
+            value = os.environ.get(self.env, "").strip()
+        else:
+            value = self._inline
+        if not value:
+            raise LookupError(f"secret from {self.describe()} is empty")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SecretSource({self.describe()})"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile, ready for the upstream side."""
+
+    name: str
+    spec: ProfileSpec
+    provider: Provider
+    issuer: str | None
+    client_secret: SecretSource | None
+    private_key: SecretSource | None
+
+    @property
+    def identity(self) -> str:
+        """What makes two profiles' tokens interchangeable; part of every cache key."""
+        s = self.spec
+        extras = "&".join(f"{k}={v}" for k, v in sorted(s.extra_params.items()))
+        return "\n".join(
+            [
+                self.issuer or "",
+                s.token_endpoint or "",
+                s.client_id,
+                s.audience or "",
+                s.resource or "",
+                extras,
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything the YAML says, validated and indexed for request time."""
+
+    profiles: Mapping[str, Profile]
+    callers: Mapping[str, CallerSpec]
+    policy: Policy
+    api_keys: Mapping[str, str]  # hex SHA-256 of a whole key -> caller name
+
+
+def load_config(path: Path, *, allow_inline_secrets: bool = False) -> BrokerConfig:
+    """Read and validate the broker YAML; raise ``ConfigError`` listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse_config(raw, base_dir=path.parent, allow_inline_secrets=allow_inline_secrets)
+
+
+def parse_config(
+    raw: object, *, base_dir: Path = Path(), allow_inline_secrets: bool = False
+) -> BrokerConfig:
+    """Validate an already-parsed YAML document."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(["top level: must be a mapping with 'profiles' and 'callers'"])
+    problems += [f"{key}: unknown key" for key in raw if key not in {"profiles", "callers"}]
+    profile_specs = _section(raw, "profiles", ProfileSpec, problems)
+    caller_specs = _section(raw, "callers", CallerSpec, problems)
+
+    profiles: dict[str, Profile] = {}
+    for name, spec in profile_specs.items():
+        profile = _profile(name, spec, base_dir, allow_inline_secrets, problems)
+        if profile is not None:
+            profiles[name] = profile
+
+    rules: dict[str, dict[str, GrantRule]] = {}
+    api_keys: dict[str, str] = {}
+    for name, caller in caller_specs.items():
+        where = f"callers.{name}"
+        if caller.api_key_sha256 is None and caller.kubernetes is None:
+            problems.append(f"{where}: needs a credential (api_key_sha256 or kubernetes)")
+        if caller.api_key_sha256 is not None:
+            other = api_keys.setdefault(caller.api_key_sha256, name)
+            if other != name:
+                problems.append(f"{where}.api_key_sha256: same key hash as caller '{other}'")
+        rules[name] = _grants(where, caller, profile_specs, problems)
+
+    if problems:
+        raise ConfigError(problems)
+    return BrokerConfig(
+        profiles=profiles, callers=caller_specs, policy=Policy(rules), api_keys=api_keys
+    )
+
+
+def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str]) -> dict[str, M]:
+    section = raw.get(key)
+    if section is None:
+        problems.append(f"{key}: required")
+        return {}
+    if not isinstance(section, dict):
+        problems.append(f"{key}: must be a mapping of name to settings")
+        return {}
+    out: dict[str, M] = {}
+    for name, body in section.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            problems.append(f"{key}.{name}: names use letters, digits, '.', '_', '-' (max 64)")
+            continue
+        try:
+            out[name] = model.model_validate(body if body is not None else {})
+        except ValidationError as exc:
+            for err in exc.errors(include_input=False, include_url=False):
+                loc = ".".join(str(part) for part in err["loc"])
+                problems.append(f"{key}.{name}{'.' + loc if loc else ''}: {err['msg']}")
+    return out
+
+
+def _profile(
+    name: str, spec: ProfileSpec, base_dir: Path, allow_inline: bool, problems: list[str]
+) -> Profile | None:
+    where = f"profiles.{name}"
+    before = len(problems)
+    provider = PROVIDERS[spec.provider]
+    problems += [f"{where}.{line}" for line in provider.problems(spec)]
+    issuer = provider.issuer(spec)
+    for field, url in (("issuer", issuer), ("token_endpoint", spec.token_endpoint)):
+        reason = url_problem(url) if url else None
+        if reason:
+            problems.append(f"{where}.{field}: {reason}")
+    problems += [
+        f"{where}.extra_params.{key}: reserved; set it through its own field"
+        for key in spec.extra_params
+        if key in _RESERVED_PARAMS
+    ]
+    secret = key = None
+    if spec.auth_method == "private_key_jwt":
+        key = _secret_source(
+            f"{where}.private_key", spec.private_key, base_dir, allow_inline, problems
+        )
+        if key is not None:
+            _check_private_key(f"{where}.private_key", key, spec.signing_alg, problems)
+        if spec.client_secret is not None:
+            problems.append(f"{where}.client_secret: not used with private_key_jwt; remove it")
+    else:
+        secret = _secret_source(
+            f"{where}.client_secret", spec.client_secret, base_dir, allow_inline, problems
+        )
+        if spec.private_key is not None:
+            problems.append(f"{where}.private_key: only used with auth_method private_key_jwt")
+    if len(problems) > before:
+        return None
+    return Profile(name, spec, provider, issuer, secret, key)
+
+
+def _secret_source(  # noqa: PLR0911 - one early return per kind of problem
+    where: str, ref: object, base_dir: Path, allow_inline: bool, problems: list[str]
+) -> SecretSource | None:
+    if ref is None:
+        problems.append(f"{where}: required ({{file: PATH}} or {{env: NAME}})")
+        return None
+    if isinstance(ref, str):
+        if not allow_inline:
+            problems.append(
+                f"{where}: inline secrets are refused; use {{file: PATH}} or {{env: NAME}} "
+                "(TOKEN_BROKER_ALLOW_INLINE_SECRETS=true allows them for local development)"
+            )
+            return None
+        source = SecretSource(inline=ref)
+    elif isinstance(ref, dict) and set(ref) == {"file"} and isinstance(ref["file"], str):
+        source = SecretSource(file=(base_dir / ref["file"]))
+    elif isinstance(ref, dict) and set(ref) == {"env"} and isinstance(ref["env"], str):
+        source = SecretSource(env=ref["env"])
+    else:
+        problems.append(f"{where}: must be {{file: PATH}} or {{env: NAME}}")
+        return None
+    try:
+        source.read()
+    except FileNotFoundError:
+        problems.append(f"{where}: {source.describe()} does not exist")
+        return None
+    except OSError as exc:
+        problems.append(f"{where}: {source.describe()} cannot be read ({exc.strerror})")
+        return None
+    except LookupError:
+        problems.append(f"{where}: {source.describe()} is unset or empty")
+        return None
+    return source
+
+
+def _check_private_key(where: str, source: SecretSource, alg: str, problems: list[str]) -> None:
+    try:
+        key = load_pem_private_key(source.read().encode(), password=None)
+    except (ValueError, TypeError):
+        problems.append(f"{where}: not an unencrypted PEM private key")
+        return
+    wants_ec = alg.startswith("ES")
+    if wants_ec and not isinstance(key, ec.EllipticCurvePrivateKey):
+        problems.append(f"{where}: signing_alg {alg} needs an EC key")
+    elif not wants_ec and not isinstance(key, rsa.RSAPrivateKey):
+        problems.append(f"{where}: signing_alg {alg} needs an RSA key")
+
+
+def _grants(
+    where: str, spec: CallerSpec, profiles: Mapping[str, ProfileSpec], problems: list[str]
+) -> dict[str, GrantRule]:
+    rules: dict[str, GrantRule] = {}
+    for index, grant in enumerate(spec.grants):
+        at = f"{where}.grants[{index}]"
+        profile = profiles.get(grant.profile)
+        if profile is None:
+            problems.append(f"{at}.profile: unknown profile '{grant.profile}'")
+            continue
+        if grant.profile in rules:
+            problems.append(f"{at}.profile: '{grant.profile}' is granted twice; merge the grants")
+            continue
+        scopes = frozenset(profile.scopes if grant.scopes is None else grant.scopes)
+        outside = scopes - set(profile.scopes)
+        if outside:
+            problems.append(
+                f"{at}.scopes: not in profile '{grant.profile}' scopes: {' '.join(sorted(outside))}"
+            )
+        max_ttl = None
+        if grant.max_ttl is not None:
+            try:
+                max_ttl = parse_duration(grant.max_ttl)
+            except ValueError as exc:
+                problems.append(f"{at}.max_ttl: {exc}")
+        rules[grant.profile] = GrantRule(profile=grant.profile, scopes=scopes, max_ttl=max_ttl)
+    return rules

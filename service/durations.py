@@ -1,0 +1,29 @@
+"""Durations as people write them: ``90``, ``90s``, ``15m``, ``4h``, ``1d``, ``1h30m``."""
+
+from __future__ import annotations
+
+import re
+
+_PART = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_SECONDS = 366 * 86400
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds in ``value``; raises ``ValueError`` with a readable message."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 90m, 4h")  # noqa: TRY004
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip().lower()
+        if text.isdigit():
+            seconds = int(text)
+        else:
+            parts = _PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"'{value}' is not a duration (examples: 3600, 90m, 4h, 1h30m)")
+            seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds < 0 or seconds > MAX_SECONDS:
+        raise ValueError(f"duration must be between 0 and {MAX_SECONDS} seconds")
+    return seconds

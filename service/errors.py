@@ -1,0 +1,127 @@
+"""One error tree for the whole broker.
+
+Every error knows the OAuth2 (RFC 6749 section 5.2) ``error`` code and the HTTP status it
+maps to, so the HTTP layer renders all of them the same way and nothing else decides
+status codes::
+
+    BrokerError                        500 server_error (never raised directly)
+    ├── InvalidRequest                 400 invalid_request
+    │   ├── UnsupportedGrantType       400 unsupported_grant_type
+    │   ├── RequestTooLarge            413 invalid_request
+    │   └── TokenLifetimeTooShort      400 invalid_request  (min_ttl beyond the issuer's tokens)
+    ├── InvalidClient                  401 invalid_client   (+ WWW-Authenticate)
+    ├── AccessDenied                   403 unauthorized_client (no grant for the profile)
+    │   └── ScopeNotGranted            403 invalid_scope
+    ├── UpstreamError                  502 server_error     (the issuer refused or answered badly)
+    │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After)
+    └── ConfigError                    raised at start-up only; lists every problem
+
+Descriptions are written for the caller: they never contain a secret, a key or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BrokerError(Exception):
+    """Base of every error the broker raises on purpose."""
+
+    error = "server_error"
+    status = 500
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error requires."""
+        return {}
+
+
+class InvalidRequest(BrokerError):
+    """The request is malformed: bad JSON, unknown field, bad value."""
+
+    error = "invalid_request"
+    status = 400
+
+
+class UnsupportedGrantType(InvalidRequest):
+    """The OAuth2 facade only speaks client_credentials."""
+
+    error = "unsupported_grant_type"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The body or a header is beyond the configured limit."""
+
+    status = 413
+
+
+class TokenLifetimeTooShort(InvalidRequest):
+    """The caller asked for a token that outlives anything the issuer issues."""
+
+    def __init__(self, profile: str, lifetime: float, min_ttl: float) -> None:
+        super().__init__(
+            f"profile '{profile}' issues tokens that live {int(lifetime)} s; "
+            f"min_ttl {int(min_ttl)} s cannot be satisfied"
+        )
+        self.lifetime = lifetime
+
+
+class InvalidClient(BrokerError):
+    """The caller could not be authenticated."""
+
+    error = "invalid_client"
+    status = 401
+
+    def __init__(self, description: str, scheme: str = "Bearer") -> None:
+        super().__init__(description)
+        self.scheme = scheme
+
+    def headers(self) -> dict[str, str]:
+        """RFC 6749 section 5.2 / RFC 6750 section 3: a 401 names the scheme to use."""
+        return {"WWW-Authenticate": f'{self.scheme} realm="token-broker"'}
+
+
+class AccessDenied(BrokerError):
+    """The caller is known but policy grants it nothing for this request."""
+
+    error = "unauthorized_client"
+    status = 403
+
+
+class ScopeNotGranted(AccessDenied):
+    """The caller asked for scopes beyond its grant."""
+
+    error = "invalid_scope"
+
+
+class UpstreamError(BrokerError):
+    """The issuer refused the exchange or answered with something unusable."""
+
+    error = "server_error"
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The issuer could not be reached and no cached token can stand in."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def __init__(self, description: str, retry_after: int = 5) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """Tell well-behaved clients when to come back."""
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason at once."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(f"{len(problems)} configuration problem(s)")
+        self.problems = list(problems)

@@ -1,0 +1,86 @@
+"""Logging set-up: JSON or readable lines, written off the event loop, scrubbed of secrets.
+
+Handlers run in a ``QueueListener`` thread so a slow stderr never stalls a request. A
+filter masks anything shaped like an API key, a JWT or a bearer credential, as a last line
+of defence: the code never logs those on purpose.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import queue
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_SECRET_SHAPES = re.compile(
+    r"tbk_[A-Za-z0-9]+_[A-Za-z0-9_-]+"  # broker API keys
+    r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWTs
+    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]+"  # credentials in headers
+)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def scrub(text: str) -> str:
+    """``text`` with every secret-shaped substring replaced by ``[redacted]``."""
+    return _SECRET_SHAPES.sub("[redacted]", text)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as JSON."""
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            line["exception"] = record.exc_info[0].__name__
+        return scrub(orjson.dumps(line, default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal: ``time level logger message key=value...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as text."""
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        return scrub(f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()} {extras}")
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+    """Route all logging through a queue to stderr; JSON unless stderr is a terminal."""
+    global _listener  # noqa: PLW0603 - one listener per process
+    if _listener is not None:
+        _listener.stop()
+    use_json = (not sys.stderr.isatty()) if json is None else json
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(logging.handlers.QueueHandler(log_queue))
+    root.setLevel(level.upper())
+    listener.start()
+    _listener = listener
+    atexit.register(listener.stop)

@@ -1,0 +1,64 @@
+"""Who may get which token: pure code, deny by default.
+
+A caller reaches a profile only through a grant naming it. Requested scopes must be a
+subset of the grant's; no scopes requested means all of the grant's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.errors import AccessDenied, InvalidRequest, ScopeNotGranted
+from service.models import Caller, Grant, TokenRequest
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRule:
+    """One entry of a caller's ``grants`` list, already validated against its profile."""
+
+    profile: str
+    scopes: frozenset[str]
+    max_ttl: int | None = None
+
+
+class Policy:
+    """Decides every token request against the configured grants."""
+
+    def __init__(self, rules: Mapping[str, Mapping[str, GrantRule]]) -> None:
+        # caller name -> profile name -> rule; built once so a decision is two lookups.
+        self._rules = rules
+
+    def decide(self, caller: Caller, request: TokenRequest) -> Grant:
+        """Return what ``caller`` may receive for ``request``, or raise why not."""
+        rule = self._rules.get(caller.name, {}).get(request.profile)
+        if rule is None:
+            raise AccessDenied(f"caller '{caller.name}' has no grant for the requested profile")
+        if request.scopes is None:
+            scopes = tuple(sorted(rule.scopes))
+        else:
+            extra = set(request.scopes) - rule.scopes
+            if extra:
+                raise ScopeNotGranted(
+                    f"scopes not granted to caller '{caller.name}': {' '.join(sorted(extra))}"
+                )
+            scopes = tuple(sorted(set(request.scopes)))
+        if rule.max_ttl is not None and request.min_ttl > rule.max_ttl:
+            raise InvalidRequest(
+                f"min_ttl {request.min_ttl} s exceeds this grant's max_ttl {rule.max_ttl} s"
+            )
+        return Grant(
+            caller=caller.name,
+            profile=request.profile,
+            scopes=scopes,
+            min_ttl=request.min_ttl,
+            max_ttl=rule.max_ttl,
+        )
+
+    def rule(self, caller: str, profile: str) -> GrantRule | None:
+        """The rule granting ``profile`` to ``caller``, if any."""
+        return self._rules.get(caller, {}).get(profile)
+
+    def profiles_for(self, caller: Caller) -> tuple[str, ...]:
+        """Profiles the caller holds a grant for, in configuration order."""
+        return tuple(self._rules.get(caller.name, {}))

@@ -1,0 +1,50 @@
+"""Process settings from ``TOKEN_BROKER_*`` environment variables.
+
+Built once at start-up by the CLI (or a test), never at import. Every secret also
+accepts a ``*_FILE`` form so it can come from a mounted Kubernetes secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the broker process needs besides the broker YAML."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKEN_BROKER_", extra="ignore")
+
+    config: Path = Field(default=Path("token-broker.yaml"), description="Path of the broker YAML.")
+    redis_url: SecretStr | None = None
+    redis_url_file: Path | None = None
+    cache_keys: SecretStr | None = None
+    cache_keys_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "INFO"
+    # Inline client secrets in the YAML are for local development only.
+    allow_inline_secrets: bool = False
+    refresh_fraction: float = Field(default=2 / 3, gt=0, lt=1)
+    max_skew_seconds: float = Field(default=30.0, ge=0)
+    lock_lease_seconds: float = Field(default=15.0, gt=0)
+    wait_timeout_seconds: float = Field(default=20.0, gt=0)
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=16_384, ge=256)
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Self:
+        for name in ("redis_url", "cache_keys"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is not None and getattr(self, name) is None:
+                try:
+                    text = path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    msg = f"TOKEN_BROKER_{name.upper()}_FILE: cannot read {path}: {exc.strerror}"
+                    raise ValueError(msg) from None
+                setattr(self, name, SecretStr(text))
+        return self

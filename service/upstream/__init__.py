@@ -1,0 +1,1 @@
+"""The identity-provider side: discovery, providers and the client-credentials exchange."""

@@ -1,0 +1,9 @@
+"""Any OpenID Connect issuer: the shared behaviour, unchanged."""
+
+from __future__ import annotations
+
+from service.upstream.base import Provider
+
+
+class OidcProvider(Provider):
+    """``provider: oidc``."""
