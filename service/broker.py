@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.errors import TokenLifetimeTooShort, UpstreamUnavailable
 from service.models import Grant, Issued, IssuedToken
@@ -122,10 +122,11 @@ class Broker:
         raise UpstreamUnavailable("could not obtain a token with enough remaining life")
 
     async def aclose(self) -> None:
-        """Cancel background refreshes; used at shutdown."""
-        for task in list(self._background):
+        """Cancel background refreshes and pending exchanges; used at shutdown."""
+        pending: list[asyncio.Future[Any]] = [*self._background, *self._flights.values()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _usable(self, token: IssuedToken, now: float, min_ttl: int) -> bool:
         return token.remaining(now) >= max(min_ttl, self.skew(token))

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.broker import Broker, TokenCache
 from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
@@ -62,6 +62,7 @@ class Runtime:
     source: UpstreamTokenSource
     redis: Redis | None = None
     callers: dict[str, Caller] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
 
     async def ready(self) -> dict[str, str]:
         """Dependency states; ``ok`` everywhere means ready."""
@@ -79,7 +80,7 @@ class Runtime:
         await self.broker.aclose()
         await self.source.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
 
 
 def build_runtime(
@@ -95,12 +96,16 @@ def build_runtime(
     lock = None
     if settings.redis_url is not None:
         assert settings.cache_keys is not None  # load_checked guarantees it
-        redis = Redis.from_url(
+        # A blocking pool queues a burst of requests for a connection instead of failing them.
+        pool = BlockingConnectionPool.from_url(
             settings.redis_url.get_secret_value(),
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_seconds,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
             health_check_interval=30,
         )
+        redis = Redis(connection_pool=pool)
         cipher = TokenCipher(parse_cache_keys(settings.cache_keys.get_secret_value()))
         cache = TieredTokenCache(
             local,
@@ -136,4 +141,5 @@ def build_runtime(
         source=source,
         redis=redis,
         callers=callers,
+        clock=clock,
     )

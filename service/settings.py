@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     lock_lease_seconds: float = Field(default=15.0, gt=0)
     wait_timeout_seconds: float = Field(default=20.0, gt=0)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
+    redis_timeout_seconds: float = Field(default=1.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16_384, ge=256)
 
     @model_validator(mode="after")

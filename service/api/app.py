@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,13 +16,16 @@ from service.runtime import build_runtime, load_checked
 from service.settings import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """An app for ``settings``; raises ``ConfigError`` listing every config problem."""
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """An app for ``settings``; raises ``ConfigError`` listing every config problem.
+
+    ``clock`` is injectable so tests can move time instead of sleeping.
+    """
     config = load_checked(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = build_runtime(settings, config)
+        runtime = build_runtime(settings, config, clock=clock)
         app.state.runtime = runtime
         try:
             yield

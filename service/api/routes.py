@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -83,12 +82,15 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
         grant = rt.config.policy.decide(caller, request)
         issued = await rt.broker.issue(grant)
     except BrokerError as exc:
+        # Only configured names reach the log: a caller may paste anything into a request.
+        profile = rt.config.profiles.get(request.profile)
+        known = set(profile.spec.scopes) if profile else set()
         audit.record(
             "denied",
             caller=caller.name,
-            profile=request.profile,
-            scopes=request.scopes or (),
-            reason=f"{exc.error}: {exc.description}",
+            profile=profile.name if profile else "(unknown)",
+            scopes=tuple(s if s in known else "(unknown)" for s in request.scopes or ()),
+            reason=exc.error,
             labels=request.labels,
             client=peer,
         )
@@ -100,7 +102,7 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
         scopes=grant.scopes,
         token=issued.token.access_token,
         source=issued.source,
-        expires_in=int(issued.token.remaining(time.time())),
+        expires_in=int(issued.token.remaining(rt.clock())),
         labels=request.labels,
         client=peer,
     )
@@ -138,7 +140,7 @@ async def v1_token(request: Request, caller: Annotated[Caller, Depends(bearer_ca
     issued = await _issue(rt, caller, token_request, _peer(request))
     grant_max = rt.config.policy.rule(caller.name, body.profile)
     token = issued.token
-    now = time.time()
+    now = rt.clock()
     payload: dict[str, Any] = {
         "access_token": token.access_token,
         "token_type": token.token_type,
@@ -217,7 +219,7 @@ async def _oauth2_token(request: Request) -> Response:
         {
             "access_token": token.access_token,
             "token_type": token.token_type,
-            "expires_in": int(token.remaining(time.time())),
+            "expires_in": int(token.remaining(rt.clock())),
             "scope": token.scope,
         },
         {"Token-Broker-Source": issued.source},

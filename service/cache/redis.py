@@ -2,6 +2,10 @@
 
 Values are AES-GCM blobs (``crypto.TokenCipher``); Redis never sees a token in plain text.
 Keys are hashes, so they reveal neither profile nor scopes.
+
+Redis is an optimisation, never a single point of failure: a failed read is a miss, a failed
+write is skipped, and a lock that cannot be taken in Redis falls back to the in-process
+single-flight, which still allows only one exchange per replica.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 import orjson
+from redis.exceptions import RedisError
 
 from service.cache.crypto import TokenCipher, UndecryptableError
 from service.models import IssuedToken
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("token_broker.cache")
 
 PREFIX = "token-broker:v1:"
+_LOCAL_LEASE = "local"
 
 # Delete the lock only if it still holds our lease: a holder that overran its lease must
 # not release the lock a successor now holds.
@@ -42,7 +48,13 @@ class RedisTokenCache:
     async def get(self, key: str) -> IssuedToken | None:
         """Decrypt the token under ``key``; an unreadable value counts as a miss."""
         name = PREFIX + "token:" + key
-        blob = await self._client.get(name)
+        try:
+            blob = await self._client.get(name)
+        except RedisError as exc:
+            log.warning(
+                "redis read failed; treating as a miss", extra={"reason": type(exc).__name__}
+            )
+            return None
         if not isinstance(blob, bytes):
             return None
         try:
@@ -72,9 +84,12 @@ class RedisTokenCache:
                 "scope": token.scope,
             }
         )
-        await self._client.set(
-            name, self._cipher.encrypt(plaintext, name.encode()), px=max(1, int(ttl * 1000))
-        )
+        try:
+            await self._client.set(
+                name, self._cipher.encrypt(plaintext, name.encode()), px=max(1, int(ttl * 1000))
+            )
+        except RedisError as exc:
+            log.warning("redis write failed; not shared", extra={"reason": type(exc).__name__})
 
 
 class RedisRefreshLock:
@@ -88,9 +103,25 @@ class RedisRefreshLock:
     async def acquire(self, key: str) -> str | None:
         """A random lease id when the lock was free."""
         lease = secrets.token_hex(16)
-        acquired = await self._client.set(PREFIX + "lock:" + key, lease, nx=True, px=self._lease_ms)
+        try:
+            acquired = await self._client.set(
+                PREFIX + "lock:" + key, lease, nx=True, px=self._lease_ms
+            )
+        except RedisError as exc:
+            log.warning(
+                "redis lock failed; single-flight is per replica",
+                extra={"reason": type(exc).__name__},
+            )
+            return _LOCAL_LEASE
         return lease if acquired else None
 
     async def release(self, key: str, lease: str) -> None:
-        """Compare-and-delete, atomically in Redis."""
-        await self._release(keys=[PREFIX + "lock:" + key], args=[lease])
+        """Compare-and-delete, atomically in Redis; an unreleased lease expires by itself."""
+        if lease == _LOCAL_LEASE:
+            return
+        try:
+            await self._release(keys=[PREFIX + "lock:" + key], args=[lease])
+        except RedisError as exc:
+            log.warning(
+                "redis unlock failed; lease will expire", extra={"reason": type(exc).__name__}
+            )
