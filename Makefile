@@ -25,12 +25,13 @@ system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 
-node-deps: system-deps
-	cd tests/idp && { test -d node_modules || npm ci --no-audit --no-fund --loglevel=error; }
+# The same helper the test fixtures use: reinstalls only when package-lock.json changed.
+node-deps: install system-deps
+	$(PY) -c "from tests.support.processes import ensure_node_modules; ensure_node_modules()"
 
 lint: install
-	$(VENV)/bin/ruff check service tests
-	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/ruff check service tests scripts
+	$(VENV)/bin/ruff format --check service tests scripts
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -41,7 +42,8 @@ test: install node-deps lint typecheck
 unit: install
 	$(PY) -m pytest tests/unit
 
-demo: install node-deps
+# The demo runs `npm ci` in tests/idp itself (ensure_node_modules), only when the lockfile changed.
+demo: install system-deps
 	$(PY) -m scripts.demo
 
 clean:

@@ -23,7 +23,13 @@ _SECRET_SHAPES = re.compile(
     r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWTs
     r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]+"  # credentials in headers
 )
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds color_message, a duplicate of the message with terminal escapes.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def scrub(text: str) -> str:
@@ -64,13 +70,13 @@ class TextFormatter(logging.Formatter):
 
 
 _listener: logging.handlers.QueueListener | None = None
+_direct: logging.Handler | None = None
 
 
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     """Route all logging through a queue to stderr; JSON unless stderr is a terminal."""
-    global _listener  # noqa: PLW0603 - one listener per process
-    if _listener is not None:
-        _listener.stop()
+    global _listener, _direct
+    drain()
     use_json = (not sys.stderr.isatty()) if json is None else json
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
@@ -82,5 +88,25 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     root.addHandler(logging.handlers.QueueHandler(log_queue))
     root.setLevel(level.upper())
     listener.start()
-    _listener = listener
-    atexit.register(listener.stop)
+    if _listener is None and _direct is None:
+        atexit.register(drain)
+    _listener, _direct = listener, handler
+
+
+def drain() -> None:
+    """Write out every queued record and log synchronously from now on.
+
+    Called at shutdown: uvicorn ends a worker by re-raising SIGTERM, so records still in
+    the queue would otherwise be lost with the process.
+    """
+    global _listener  # noqa: PLW0603
+    if _listener is None:
+        return
+    _listener.stop()
+    _listener = None
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, logging.handlers.QueueHandler):
+            root.removeHandler(old)
+    if _direct is not None:
+        root.addHandler(_direct)

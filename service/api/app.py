@@ -12,6 +12,7 @@ from service import __version__
 from service.api import errors
 from service.api.limits import BodyLimit
 from service.api.routes import router
+from service.logs import drain
 from service.runtime import build_runtime, load_checked
 from service.settings import Settings
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             yield
         finally:
             await runtime.aclose()
+            drain()
 
     app = FastAPI(
         title="token-broker",
