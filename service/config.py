@@ -7,6 +7,7 @@ only ever name the field and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -233,9 +234,15 @@ def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str])
         try:
             out[name] = model.model_validate(body if body is not None else {})
         except ValidationError as exc:
-            for err in exc.errors(include_input=False, include_url=False):
+            errors = exc.errors(include_input=False, include_url=False)
+            for err in errors:
                 loc = ".".join(str(part) for part in err["loc"])
                 problems.append(f"{key}.{name}{'.' + loc if loc else ''}: {err['msg']}")
+            # Unknown keys alone must not hide the entry's other problems: check the rest too.
+            if isinstance(body, dict) and all(e["type"] == "extra_forbidden" for e in errors):
+                known = {k: v for k, v in body.items() if k in model.model_fields}
+                with contextlib.suppress(ValidationError):
+                    out[name] = model.model_validate(known)
     return out
 
 

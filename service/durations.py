@@ -22,7 +22,8 @@ def parse_duration(value: str | int) -> int:
         else:
             parts = _PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"'{value}' is not a duration (examples: 3600, 90m, 4h, 1h30m)")
+                # Never echo the value: callers paste the wrong thing, keys included.
+                raise ValueError("not a duration (examples: 3600, 90m, 4h, 1h30m)")
             seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds < 0 or seconds > MAX_SECONDS:
         raise ValueError(f"duration must be between 0 and {MAX_SECONDS} seconds")

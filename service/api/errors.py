@@ -40,7 +40,12 @@ def describe_validation(exc: ValidationError | RequestValidationError) -> str:
     """Field paths and reasons, never the offending input (it may hold a secret)."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        path = [p for p in err["loc"] if p != "body"]
+        if err["type"] == "extra_forbidden":
+            path = ["<unknown field>"]  # the field name is caller input
+        elif len(path) > 1 and path[0] == "labels":
+            path = ["labels", "<label>"]  # label keys are caller input
+        loc = ".".join(str(p) for p in path) or "body"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts) or "invalid request"
 

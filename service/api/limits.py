@@ -22,7 +22,11 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+                if not value.isdigit():
+                    response = error_response(400, "invalid_request", "malformed Content-Length")
+                    await response(scope, receive, send)
+                    return
+                if int(value) > self.max_bytes:
                     response = error_response(
                         413, "invalid_request", f"request body over {self.max_bytes} bytes"
                     )

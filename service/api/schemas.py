@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
 from service.durations import parse_duration
 
@@ -21,7 +21,7 @@ class TokenBody(BaseModel):
 
     profile: ProfileName
     scopes: list[ScopeToken] | None = Field(default=None, max_length=32)
-    min_ttl: int | str = Field(
+    min_ttl: StrictInt | str = Field(
         default=0,
         description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",
     )
