@@ -51,18 +51,21 @@ def bearer_caller(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> Caller:
-    """Authenticate ``Authorization: Bearer <credential>``."""
-    rt = runtime(request)
+    """Authenticate ``Authorization: Bearer <credential>``; every refusal is audited."""
+    try:
+        return runtime(request).api_keys.authenticate(_bearer_credential(authorization))
+    except InvalidClient as exc:
+        audit.record("denied", caller=None, profile=None, reason=exc.error, client=_peer(request))
+        raise
+
+
+def _bearer_credential(authorization: str | None) -> str:
     if not authorization:
         raise InvalidClient("missing Authorization: Bearer credential")
     scheme, _, credential = authorization.partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise InvalidClient("expected Authorization: Bearer <credential>")
-    try:
-        return rt.api_keys.authenticate(credential.strip())
-    except InvalidClient as exc:
-        audit.record("denied", caller=None, profile=None, reason=exc.error, client=_peer(request))
-        raise
+    return credential.strip()
 
 
 def _peer(request: Request) -> str | None:

@@ -266,3 +266,15 @@ async def test_rotated_secret_file_is_used_without_restart(
         secret_file.write_text(good)
         accepted = await _token(client, files.keys["airflow"])
     assert (refused.status_code, accepted.status_code) == (502, 200)
+
+
+async def test_openapi_schema_describes_both_token_endpoints(files: BrokerFiles) -> None:
+    """The served OpenAPI document names both token endpoints and their error bodies."""
+    async with running_broker(files.settings()) as client:
+        response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/v1/token", "/oauth2/token", "/healthz", "/readyz"} <= set(paths)
+    assert "401" in paths["/v1/token"]["post"]["responses"]
+    body = paths["/oauth2/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in body

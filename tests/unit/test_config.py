@@ -160,17 +160,21 @@ def test_inline_secret_is_accepted_when_allowed(tmp_path: Path) -> None:
     assert "inline" in secret.describe()
 
 
-def test_private_key_jwt_accepts_a_matching_pem_key(tmp_path: Path) -> None:
-    """private_key_jwt with an EC PEM key and ES256 loads, with no client secret."""
+def write_ec_key(path: Path) -> None:
+    """Write a fresh unencrypted P-256 private key as PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = tmp_path / "signing.pem"
-    pem.write_bytes(
+    path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
+
+
+def test_private_key_jwt_accepts_a_matching_pem_key(tmp_path: Path) -> None:
+    """private_key_jwt with an EC PEM key and ES256 loads, with no client secret."""
+    write_ec_key(tmp_path / "signing.pem")
     doc = good_document()
     profile = doc["profiles"]["ingestion"]
     del profile["client_secret"]
@@ -343,15 +347,7 @@ def test_auth_method_mismatches_are_reported(tmp_path: Path, secret_file: Path) 
 
 def test_pem_key_of_the_wrong_type_is_reported(tmp_path: Path) -> None:
     """An EC key with the default RS256 algorithm is refused."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = tmp_path / "ec.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_ec_key(tmp_path / "ec.pem")
     doc = good_document()
     profile = doc["profiles"]["ingestion"]
     del profile["client_secret"]
