@@ -90,7 +90,7 @@ class Broker:
         self._max_skew = max_skew
         self._wait_timeout = wait_timeout
         self._sleep = sleep
-        self._flights: dict[str, asyncio.Future[IssuedToken]] = {}
+        self._flights: dict[str, asyncio.Future[Issued]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
@@ -115,10 +115,10 @@ class Broker:
             self._check_lifetime(grant, cached)
         # A joiner may receive a token fetched for a less demanding caller: then go again.
         for _ in range(3):
-            token = await self._single_flight(key, grant, self._acceptor(grant.min_ttl))
-            self._check_lifetime(grant, token)
-            if self._usable(token, self._clock(), grant.min_ttl):
-                return Issued(token, "issuer")
+            issued = await self._single_flight(key, grant, self._acceptor(grant.min_ttl))
+            self._check_lifetime(grant, issued.token)
+            if self._usable(issued.token, self._clock(), grant.min_ttl):
+                return issued
         raise UpstreamUnavailable("could not obtain a token with enough remaining life")
 
     async def aclose(self) -> None:
@@ -160,13 +160,13 @@ class Broker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _single_flight(self, key: str, grant: Grant, accept: Accept) -> IssuedToken:
+    async def _single_flight(self, key: str, grant: Grant, accept: Accept) -> Issued:
         flight = self._flights.get(key)
         if flight is None:
             flight = asyncio.ensure_future(self._fetch_shared(key, grant, accept))
             self._flights[key] = flight
 
-            def forget(done: asyncio.Future[IssuedToken]) -> None:
+            def forget(done: asyncio.Future[Issued]) -> None:
                 if self._flights.get(key) is done:
                     del self._flights[key]
                 if not done.cancelled():
@@ -176,8 +176,11 @@ class Broker:
         # Shielded: a caller that disconnects must not cancel the exchange others wait on.
         return await asyncio.shield(flight)
 
-    async def _fetch_shared(self, key: str, grant: Grant, accept: Accept) -> IssuedToken:
-        """One exchange across all replicas: hold the lease or wait for its holder's value."""
+    async def _fetch_shared(self, key: str, grant: Grant, accept: Accept) -> Issued:
+        """One exchange across all replicas: hold the lease or wait for its holder's value.
+
+        The result says ``cache`` when another replica's exchange supplied the token.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_timeout
         pause = 0.01
@@ -187,12 +190,12 @@ class Broker:
                 try:
                     current = await self._cache.get(key)
                     if current is not None and accept(current):
-                        return current
+                        return Issued(current, "cache")
                     token = await self._source.fetch(grant.profile, grant.scopes)
                     ttl = token.remaining(self._clock()) - self.skew(token)
                     if ttl > 0:
                         await self._cache.put(key, token, ttl)
-                    return token
+                    return Issued(token, "issuer")
                 finally:
                     await self._lock.release(key, lease)
             if loop.time() >= deadline:
@@ -203,4 +206,4 @@ class Broker:
             pause = min(pause * 1.5, 0.1)
             current = await self._cache.get(key)
             if current is not None and accept(current):
-                return current
+                return Issued(current, "cache")
