@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -61,7 +61,6 @@ class Runtime:
     api_keys: ApiKeyAuthenticator
     source: UpstreamTokenSource
     redis: Redis | None = None
-    callers: dict[str, Caller] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
 
     async def ready(self) -> dict[str, str]:
@@ -140,6 +139,5 @@ def build_runtime(
         api_keys=ApiKeyAuthenticator(config.api_keys, callers),
         source=source,
         redis=redis,
-        callers=callers,
         clock=clock,
     )

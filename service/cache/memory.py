@@ -43,14 +43,6 @@ class MemoryTokenCache:
             self._evict()
         self._entries[key] = (token, self._clock() + ttl)
 
-    async def delete(self, key: str) -> None:
-        """Forget ``key``."""
-        self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        self._entries.clear()
-
     def _evict(self) -> None:
         now = self._clock()
         for key in [k for k, (_, dies_at) in self._entries.items() if dies_at <= now]:
