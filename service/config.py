@@ -26,7 +26,9 @@ from service.policy import GrantRule, Policy
 from service.upstream.base import Provider, url_problem
 from service.upstream.providers import PROVIDERS
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# Profile, caller and label names: also metric labels later, so short and plain.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # RFC 6749 section 3.3 scope-token.
 ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
 M = TypeVar("M", bound=BaseModel)
@@ -228,7 +230,7 @@ def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str])
         return {}
     out: dict[str, M] = {}
     for name, body in section.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
             problems.append(f"{key}.{name}: names use letters, digits, '.', '_', '-' (max 64)")
             continue
         try:

@@ -6,11 +6,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
+from service.config import Name, ScopeToken
 from service.durations import parse_duration
 
-ProfileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
-LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
 
 
@@ -19,13 +17,13 @@ class TokenBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: ProfileName
+    profile: Name
     scopes: list[ScopeToken] | None = Field(default=None, max_length=32)
     min_ttl: StrictInt | str = Field(
         default=0,
         description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",
     )
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+    labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=16)
 
     @field_validator("min_ttl")
     @classmethod
