@@ -8,6 +8,7 @@ only ever name the field and the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # RFC 6749 section 3.3 scope-token.
 ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
 M = TypeVar("M", bound=BaseModel)
+_TOP_LEVEL = frozenset({"profiles", "callers", "trusted_issuers"})
+MAX_LEEWAY_SECONDS = 300
 _RESERVED_PARAMS = frozenset(
     {
         "grant_type",
@@ -80,12 +83,46 @@ class GrantSpec(_Strict):
     max_ttl: str | int | None = None
 
 
-class KubernetesSpec(_Strict):
-    """Binds a caller to a Kubernetes service account (verified in a later release)."""
+# Kubernetes object names (RFC 1123 subdomains / labels).
+K8sName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]
+# Asymmetric algorithms only: an HMAC algorithm would let a public JWKS key act as a secret.
+WorkloadAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
-    namespace: Name
-    service_account: Name
-    pod: str | None = None
+
+class TrustedIssuerSpec(_Strict):
+    """An issuer of workload JWTs (a Kubernetes cluster, a CI system) trusted to name callers."""
+
+    kind: Literal["kubernetes", "generic"] = "generic"
+    issuer: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    audience: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    ca_file: str | None = None
+    algorithms: list[WorkloadAlg] = Field(default=["RS256", "ES256"], min_length=1)
+    leeway: str | int = 30
+    required_claims: dict[Annotated[str, StringConstraints(max_length=128)], ClaimValue] = Field(
+        default_factory=dict
+    )
+
+
+class KubernetesSpec(_Strict):
+    """Binds a caller to a Kubernetes service account, optionally to one pod name."""
+
+    namespace: K8sName
+    service_account: K8sName
+    pod: K8sName | None = None
+    issuer: Name | None = None
+
+
+class WorkloadSpec(_Strict):
+    """Binds a caller to the ``sub`` (and optionally other claims) of a trusted issuer's JWTs."""
+
+    issuer: Name
+    subject: ClaimValue
+    claims: dict[Annotated[str, StringConstraints(max_length=128)], ClaimValue] = Field(
+        default_factory=dict
+    )
 
 
 class CallerSpec(_Strict):
@@ -93,6 +130,7 @@ class CallerSpec(_Strict):
 
     api_key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     kubernetes: KubernetesSpec | None = None
+    workload: WorkloadSpec | None = None
     roles: list[Literal["admin"]] = Field(default_factory=list)
     grants: list[GrantSpec] = Field(default_factory=list)
 
@@ -160,6 +198,37 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class TrustedIssuer:
+    """A validated trusted issuer of workload JWTs."""
+
+    name: str
+    kind: Literal["kubernetes", "generic"]
+    issuer: str
+    audience: str
+    jwks_url: str | None
+    jwks_file: Path | None
+    ca_file: Path | None
+    algorithms: tuple[str, ...]
+    leeway: int
+    required_claims: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class WorkloadBinding:
+    """Which verified workload JWTs authenticate as ``caller``.
+
+    ``subject`` must equal the JWT's ``sub``; every ``claims`` entry must equal the claim at
+    that path (a path of one name for a top-level claim; Kubernetes bindings reach into the
+    ``kubernetes.io`` object, whose name holds a dot, hence tuples rather than dotted text).
+    """
+
+    caller: str
+    issuer: str
+    subject: str
+    claims: Mapping[tuple[str, ...], str]
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
     """Everything the YAML says, validated and indexed for request time."""
 
@@ -167,6 +236,8 @@ class BrokerConfig:
     callers: Mapping[str, CallerSpec]
     policy: Policy
     api_keys: Mapping[str, str]  # hex SHA-256 of a whole key -> caller name
+    trusted_issuers: Mapping[str, TrustedIssuer] = dataclasses.field(default_factory=dict)
+    workloads: tuple[WorkloadBinding, ...] = ()
 
 
 def load_config(path: Path, *, allow_inline_secrets: bool = False) -> BrokerConfig:
@@ -191,9 +262,15 @@ def parse_config(
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(["top level: must be a mapping with 'profiles' and 'callers'"])
-    problems += [f"{key}: unknown key" for key in raw if key not in {"profiles", "callers"}]
+    problems += [f"{key}: unknown key" for key in raw if key not in _TOP_LEVEL]
     profile_specs = _section(raw, "profiles", ProfileSpec, problems)
     caller_specs = _section(raw, "callers", CallerSpec, problems)
+    issuer_specs = (
+        _section(raw, "trusted_issuers", TrustedIssuerSpec, problems)
+        if raw.get("trusted_issuers") is not None
+        else {}
+    )
+    trusted = _trusted_issuers(issuer_specs, base_dir, problems)
 
     profiles: dict[str, Profile] = {}
     for name, spec in profile_specs.items():
@@ -203,20 +280,28 @@ def parse_config(
 
     rules: dict[str, dict[str, GrantRule]] = {}
     api_keys: dict[str, str] = {}
+    workloads: list[WorkloadBinding] = []
     for name, caller in caller_specs.items():
         where = f"callers.{name}"
-        if caller.api_key_sha256 is None and caller.kubernetes is None:
-            problems.append(f"{where}: needs a credential (api_key_sha256 or kubernetes)")
+        if caller.api_key_sha256 is None and caller.kubernetes is None and caller.workload is None:
+            problems.append(f"{where}: needs a credential (api_key_sha256, kubernetes or workload)")
         if caller.api_key_sha256 is not None:
             other = api_keys.setdefault(caller.api_key_sha256, name)
             if other != name:
                 problems.append(f"{where}.api_key_sha256: same key hash as caller '{other}'")
+        workloads += _bindings(where, name, caller, issuer_specs, problems)
         rules[name] = _grants(where, caller, profile_specs, problems)
+    _check_unique_bindings(workloads, problems)
 
     if problems:
         raise ConfigError(problems)
     return BrokerConfig(
-        profiles=profiles, callers=caller_specs, policy=Policy(rules), api_keys=api_keys
+        profiles=profiles,
+        callers=caller_specs,
+        policy=Policy(rules),
+        api_keys=api_keys,
+        trusted_issuers=trusted,
+        workloads=tuple(workloads),
     )
 
 
@@ -360,3 +445,126 @@ def _grants(
                 problems.append(f"{at}.max_ttl: {exc}")
         rules[grant.profile] = GrantRule(profile=grant.profile, scopes=scopes, max_ttl=max_ttl)
     return rules
+
+
+def _trusted_issuers(
+    specs: Mapping[str, TrustedIssuerSpec], base_dir: Path, problems: list[str]
+) -> dict[str, TrustedIssuer]:
+    out: dict[str, TrustedIssuer] = {}
+    by_url: dict[str, str] = {}
+    for name, spec in specs.items():
+        where = f"trusted_issuers.{name}"
+        before = len(problems)
+        issuer = spec.issuer.rstrip("/")
+        other = by_url.setdefault(issuer, name)
+        if other != name:
+            problems.append(f"{where}.issuer: same issuer as trusted_issuers.{other}")
+        for field_name, url in (("issuer", issuer), ("jwks_url", spec.jwks_url)):
+            if url is not None and (reason := url_problem(url)):
+                problems.append(f"{where}.{field_name}: {reason}")
+        if spec.jwks_url is not None and spec.jwks_file is not None:
+            problems.append(f"{where}: set jwks_url or jwks_file, not both")
+        jwks_file = _existing_file(f"{where}.jwks_file", spec.jwks_file, base_dir, problems)
+        ca_file = _existing_file(f"{where}.ca_file", spec.ca_file, base_dir, problems)
+        leeway = _leeway(f"{where}.leeway", spec.leeway, problems)
+        if len(problems) == before:
+            out[name] = TrustedIssuer(
+                name=name,
+                kind=spec.kind,
+                issuer=issuer,
+                audience=spec.audience,
+                jwks_url=spec.jwks_url,
+                jwks_file=jwks_file,
+                ca_file=ca_file,
+                algorithms=tuple(dict.fromkeys(spec.algorithms)),
+                leeway=leeway,
+                required_claims=dict(spec.required_claims),
+            )
+    return out
+
+
+def _existing_file(
+    where: str, value: str | None, base_dir: Path, problems: list[str]
+) -> Path | None:
+    if value is None:
+        return None
+    path = base_dir / value
+    if not path.is_file():
+        problems.append(f"{where}: file {path} does not exist")
+    return path
+
+
+def _leeway(where: str, value: str | int, problems: list[str]) -> int:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return 0
+    if seconds > MAX_LEEWAY_SECONDS:
+        problems.append(f"{where}: at most {MAX_LEEWAY_SECONDS} seconds")
+    return seconds
+
+
+def _bindings(
+    where: str,
+    name: str,
+    spec: CallerSpec,
+    issuers: Mapping[str, TrustedIssuerSpec],
+    problems: list[str],
+) -> list[WorkloadBinding]:
+    found: list[WorkloadBinding] = []
+    if spec.kubernetes is not None:
+        k8s = spec.kubernetes
+        clusters = [n for n, i in issuers.items() if i.kind == "kubernetes"]
+        issuer = k8s.issuer
+        if issuer is None and len(clusters) == 1:
+            issuer = clusters[0]
+        if issuer is None:
+            problems.append(
+                f"{where}.kubernetes.issuer: "
+                + (
+                    "required: several trusted issuers have kind kubernetes"
+                    if clusters
+                    else "no trusted issuer of kind kubernetes is configured"
+                )
+            )
+        elif issuer not in issuers or issuers[issuer].kind != "kubernetes":
+            problems.append(
+                f"{where}.kubernetes.issuer: '{issuer}' is not a trusted issuer of kind kubernetes"
+            )
+        else:
+            claims = {
+                ("kubernetes.io", "namespace"): k8s.namespace,
+                ("kubernetes.io", "serviceaccount", "name"): k8s.service_account,
+            }
+            if k8s.pod is not None:
+                claims["kubernetes.io", "pod", "name"] = k8s.pod
+            subject = f"system:serviceaccount:{k8s.namespace}:{k8s.service_account}"
+            found.append(WorkloadBinding(name, issuer, subject, claims))
+    if spec.workload is not None:
+        if spec.workload.issuer not in issuers:
+            problems.append(
+                f"{where}.workload.issuer: unknown trusted issuer '{spec.workload.issuer}'"
+            )
+        else:
+            found.append(
+                WorkloadBinding(
+                    name,
+                    spec.workload.issuer,
+                    spec.workload.subject,
+                    {(claim,): value for claim, value in spec.workload.claims.items()},
+                )
+            )
+    return found
+
+
+def _check_unique_bindings(bindings: list[WorkloadBinding], problems: list[str]) -> None:
+    # Two callers matching the same token would make the caller depend on config order.
+    seen: dict[tuple[str, str, frozenset[tuple[tuple[str, ...], str]]], str] = {}
+    for binding in bindings:
+        key = (binding.issuer, binding.subject, frozenset(binding.claims.items()))
+        other = seen.setdefault(key, binding.caller)
+        if other != binding.caller:
+            problems.append(
+                f"callers.{binding.caller}: binds the same workload identity as caller '{other}'"
+            )

@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated client of the broker."""
+    """An authenticated client of the broker.
+
+    ``credential`` says how it proved who it is (``api_key``, or ``jwt:<trusted issuer>``)
+    and ``subject`` which workload it was (the JWT ``sub``, plus the pod when there is one);
+    both are for the audit trail, policy looks at ``name`` only.
+    """
 
     name: str
     roles: frozenset[str] = frozenset()
+    credential: str = "api_key"
+    subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,9 @@ from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
 from service.cache.memory import MemoryTokenCache, TieredTokenCache
 from service.cache.redis import RedisRefreshLock, RedisTokenCache
 from service.callers.api_keys import ApiKeyAuthenticator
+from service.callers.authenticator import Authenticator
+from service.callers.jwks import JwksKeySource
+from service.callers.jwt import WorkloadAuthenticator
 from service.config import BrokerConfig, load_config
 from service.errors import ConfigError
 from service.models import Caller
@@ -58,8 +61,9 @@ class Runtime:
     settings: Settings
     config: BrokerConfig
     broker: Broker
-    api_keys: ApiKeyAuthenticator
+    callers: Authenticator
     source: UpstreamTokenSource
+    keys: JwksKeySource | None = None
     redis: Redis | None = None
     clock: Callable[[], float] = time.time
 
@@ -78,6 +82,8 @@ class Runtime:
         """Stop background work and close connections."""
         await self.broker.aclose()
         await self.source.aclose()
+        if self.keys is not None:
+            await self.keys.aclose()
         if self.redis is not None:
             await self.redis.aclose(close_connection_pool=True)
 
@@ -132,12 +138,24 @@ def build_runtime(
         name: Caller(name=name, roles=frozenset(spec.roles))
         for name, spec in config.callers.items()
     }
+    keys = workloads = None
+    if config.trusted_issuers:
+        keys = JwksKeySource(
+            config.trusted_issuers,
+            timeout=settings.upstream_timeout_seconds,
+            max_age=settings.jwks_max_age_seconds,
+            min_refresh_interval=settings.jwks_min_refresh_seconds,
+        )
+        workloads = WorkloadAuthenticator(
+            config.trusted_issuers, config.workloads, callers, keys, clock=clock
+        )
     return Runtime(
         settings=settings,
         config=config,
         broker=broker,
-        api_keys=ApiKeyAuthenticator(config.api_keys, callers),
+        callers=Authenticator(ApiKeyAuthenticator(config.api_keys, callers), workloads),
         source=source,
+        keys=keys,
         redis=redis,
         clock=clock,
     )

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=1.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16_384, ge=256)
+    # Trusted issuers' keys: refreshed this often, and refetched for an unknown kid at most
+    # once per min interval, so made-up kids cannot make the broker hammer an issuer.
+    jwks_max_age_seconds: float = Field(default=600.0, gt=0)
+    jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Self:

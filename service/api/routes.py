@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from service import audit
 from service.api.errors import NO_STORE, broker_error_response, validation_error
 from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, TokenResponse
+from service.callers.authenticator import JWT_BEARER_ASSERTION
 from service.durations import parse_duration
 from service.errors import (
     AccessDenied,
@@ -47,16 +48,30 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def bearer_caller(
+async def bearer_caller(
     request: Request,
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    authorization: Annotated[
+        str | None, Header(description="Bearer <API key or workload JWT>")
+    ] = None,
 ) -> Caller:
     """Authenticate ``Authorization: Bearer <credential>``; every refusal is audited."""
     try:
-        return runtime(request).api_keys.authenticate(_bearer_credential(authorization))
+        return await runtime(request).callers.bearer(_bearer_credential(authorization))
     except InvalidClient as exc:
-        audit.record("denied", caller=None, profile=None, reason=exc.error, client=_peer(request))
+        _audit_refusal(request, exc)
         raise
+
+
+def _audit_refusal(request: Request, exc: InvalidClient) -> None:
+    # The description names what was wrong (expired, wrong audience...), never the credential.
+    audit.record(
+        "denied",
+        caller=None,
+        profile=None,
+        reason=exc.error,
+        detail=exc.description,
+        client=_peer(request),
+    )
 
 
 def _bearer_credential(authorization: str | None) -> str:
@@ -91,6 +106,8 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
         audit.record(
             "denied",
             caller=caller.name,
+            credential=caller.credential,
+            subject=caller.subject,
             profile=profile.name if profile else "(unknown)",
             scopes=tuple(s if s in known else "(unknown)" for s in request.scopes or ()),
             reason=exc.error,
@@ -101,6 +118,8 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
     audit.record(
         "issued",
         caller=caller.name,
+        credential=caller.credential,
+        subject=caller.subject,
         profile=request.profile,
         scopes=grant.scopes,
         token=issued.token.access_token,
@@ -164,6 +183,8 @@ _FORM_SCHEMA = {
         "grant_type": {"type": "string", "enum": ["client_credentials"]},
         "client_id": {"type": "string"},
         "client_secret": {"type": "string"},
+        "client_assertion_type": {"type": "string", "enum": [JWT_BEARER_ASSERTION]},
+        "client_assertion": {"type": "string"},
         "scope": {"type": "string"},
         "resource": {"type": "string"},
         "audience": {"type": "string"},
@@ -184,7 +205,11 @@ _FORM_SCHEMA = {
     },
 )
 async def oauth2_token(request: Request) -> Response:
-    """RFC 6749 client-credentials facade: caller name as client_id, API key as secret."""
+    """RFC 6749 client-credentials facade.
+
+    Client authentication: the caller name as client_id and its API key as secret (Basic or
+    client_secret_post), or an RFC 7523 ``client_assertion`` carrying a workload JWT.
+    """
     try:
         return await _oauth2_token(request)
     except InvalidClient as exc:
@@ -199,7 +224,7 @@ async def _oauth2_token(request: Request) -> Response:
         raise InvalidRequest("Content-Type must be application/x-www-form-urlencoded")
     form = _parse_form(await request.body())
     rt = runtime(request)
-    caller = _client_auth(rt, request, form)
+    caller = await _client_auth(rt, request, form)
     grant_type = form.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required")
@@ -243,11 +268,26 @@ def _parse_form(body: bytes) -> dict[str, str]:
     return form
 
 
-def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> Caller:
+async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> Caller:
     header = request.headers.get("authorization")
-    in_body = "client_secret" in form
-    if header and in_body:
+    methods = [bool(header), "client_secret" in form, "client_assertion" in form]
+    if sum(methods) > 1:
         raise InvalidRequest("use one client authentication method, not two")
+    if "client_assertion" in form and form.get("client_assertion_type") != JWT_BEARER_ASSERTION:
+        raise InvalidRequest(f"client_assertion_type must be {JWT_BEARER_ASSERTION}")
+    try:
+        if "client_assertion" in form:
+            return await rt.callers.client_assertion(
+                form["client_assertion"], form.get("client_id")
+            )
+        client_id, secret = _client_secret(header, form)
+        return rt.callers.client_secret(client_id, secret)
+    except InvalidClient as exc:
+        _audit_refusal(request, exc)
+        raise
+
+
+def _client_secret(header: str | None, form: dict[str, str]) -> tuple[str, str]:
     if header:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
@@ -263,17 +303,10 @@ def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> Caller:
         client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
         if form.get("client_id", client_id) != client_id:
             raise InvalidRequest("client_id in the body differs from the Basic credentials")
-    elif in_body:
-        client_id, secret = form.get("client_id", ""), form["client_secret"]
-    else:
-        raise InvalidClient("client authentication required")
-    try:
-        return rt.api_keys.authenticate_client(client_id, secret)
-    except InvalidClient:
-        audit.record(
-            "denied", caller=None, profile=None, reason="invalid_client", client=_peer(request)
-        )
-        raise
+        return client_id, secret
+    if "client_secret" in form:
+        return form.get("client_id", ""), form["client_secret"]
+    raise InvalidClient("client authentication required")
 
 
 def _pick_profile(rt: Runtime, caller: Caller, target: str | None) -> str:

@@ -64,8 +64,12 @@ def write_config(
     auth_method: str = "client_secret_basic",
     profile_extra: dict[str, Any] | None = None,
     callers: dict[str, dict[str, Any]] | None = None,
+    trusted_issuers: dict[str, dict[str, Any]] | None = None,
 ) -> BrokerFiles:
-    """A YAML with profile ``ingestion`` on ``issuer`` and callers airflow / reader / idle."""
+    """A YAML with profile ``ingestion`` on ``issuer`` and callers airflow / reader / idle.
+
+    A caller bound to a workload identity (``kubernetes`` or ``workload``) gets no API key.
+    """
     client = issuer.client(client_id)
     profile: dict[str, Any] = {
         "provider": "oidc",
@@ -90,14 +94,24 @@ def write_config(
         "reader": {"grants": [{"profile": "ingestion", "scopes": ["read"]}]},
         "idle": {"grants": []},
     }
-    keys = {name: new_key(name) for name in wanted}
-    document = {
+    keys = {
+        name: new_key(name)
+        for name, body in wanted.items()
+        if "kubernetes" not in body and "workload" not in body
+    }
+    document: dict[str, Any] = {
         "profiles": {"ingestion": profile},
         "callers": {
-            name: {"api_key_sha256": hashlib.sha256(keys[name].encode()).hexdigest(), **body}
+            name: (
+                {"api_key_sha256": hashlib.sha256(keys[name].encode()).hexdigest(), **body}
+                if name in keys
+                else body
+            )
             for name, body in wanted.items()
         },
     }
+    if trusted_issuers:
+        document["trusted_issuers"] = trusted_issuers
     path = directory / "broker.yaml"
     path.write_text(yaml.safe_dump(document))
     return BrokerFiles(config=path, keys=keys, secrets=known + list(keys.values()))

@@ -77,6 +77,13 @@ def good_document() -> dict[str, Any]:
                 "grants": [{"profile": "ingestion"}],
             },
         },
+        "trusted_issuers": {
+            "cluster": {
+                "kind": "kubernetes",
+                "issuer": "https://kubernetes.default.svc.cluster.local",
+                "audience": "token-broker",
+            }
+        },
     }
 
 
@@ -520,3 +527,106 @@ def test_load_checked_honours_allow_inline_secrets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_checked(Settings(config=path))
     assert load_checked(Settings(config=path, allow_inline_secrets=True)).profiles
+
+
+# -- trusted issuers and workload bindings ---------------------------------------------------
+
+
+def test_kubernetes_caller_binds_to_the_only_cluster_issuer(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """A kubernetes caller without issuer binds to the one kubernetes trusted issuer."""
+    config = parse_config(good_document(), base_dir=tmp_path)
+    cluster = config.trusted_issuers["cluster"]
+    assert cluster.kind == "kubernetes"
+    assert cluster.algorithms == ("RS256", "ES256")
+    assert cluster.leeway == 30
+    (binding,) = config.workloads
+    assert binding.caller == "pods"
+    assert binding.issuer == "cluster"
+    assert binding.subject == "system:serviceaccount:ingestion:runner"
+    assert binding.claims == {
+        ("kubernetes.io", "namespace"): "ingestion",
+        ("kubernetes.io", "serviceaccount", "name"): "runner",
+    }
+
+
+def test_generic_workload_binding_and_jwks_file_resolve(tmp_path: Path, secret_file: Path) -> None:
+    """A workload caller binds subject and flat claims; jwks_file resolves next to the YAML."""
+    (tmp_path / "ci-jwks.json").write_text('{"keys": []}')
+    document = good_document()
+    document["trusted_issuers"]["ci"] = {
+        "issuer": "https://token.actions.githubusercontent.com/",
+        "audience": "https://broker.example.com",
+        "jwks_file": "ci-jwks.json",
+        "leeway": "1m",
+        "algorithms": ["RS256"],
+        "required_claims": {"repository_owner": "acme"},
+    }
+    document["callers"]["deploy"] = {
+        "workload": {"issuer": "ci", "subject": "repo:acme/data:ref:refs/heads/main"},
+        "grants": [{"profile": "ingestion"}],
+    }
+    config = parse_config(document, base_dir=tmp_path)
+    ci = config.trusted_issuers["ci"]
+    assert ci.issuer == "https://token.actions.githubusercontent.com"
+    assert ci.jwks_file == tmp_path / "ci-jwks.json"
+    assert ci.leeway == 60
+    assert ci.required_claims == {"repository_owner": "acme"}
+    assert [b.caller for b in config.workloads] == ["pods", "deploy"]
+
+
+def test_workload_identity_problems_are_all_reported(tmp_path: Path, secret_file: Path) -> None:
+    """Bad issuers, unknown issuer names, HMAC algorithms and twin bindings are each reported."""
+    document = good_document()
+    document["trusted_issuers"] = {
+        "cluster": {"kind": "kubernetes", "issuer": "http://k8s.example.com", "audience": "b"},
+        "twin": {"kind": "kubernetes", "issuer": "http://k8s.example.com", "audience": "b"},
+        "hmac": {"issuer": "https://ci.example.com", "audience": "b", "algorithms": ["HS256"]},
+        "both": {
+            "issuer": "https://other.example.com",
+            "audience": "b",
+            "jwks_url": "https://other.example.com/jwks",
+            "jwks_file": "missing.json",
+            "leeway": "1h",
+        },
+    }
+    document["callers"]["ci"] = {
+        "workload": {"issuer": "nowhere", "subject": "x"},
+        "grants": [{"profile": "ingestion"}],
+    }
+    document["callers"]["pods2"] = {
+        "kubernetes": {"namespace": "ingestion", "service_account": "runner", "issuer": "hmac"},
+        "grants": [],
+    }
+    problems = problems_of(document, tmp_path)
+    assert has(problems, "trusted_issuers.cluster.issuer", "https://")
+    assert has(problems, "trusted_issuers.twin.issuer", "same issuer as trusted_issuers.cluster")
+    assert has(problems, "trusted_issuers.hmac.algorithms")
+    assert has(problems, "trusted_issuers.both", "not both")
+    assert has(problems, "trusted_issuers.both.jwks_file", "does not exist")
+    assert has(problems, "trusted_issuers.both.leeway", "at most 300")
+    assert has(problems, "callers.pods.kubernetes.issuer", "several")
+    assert has(problems, "callers.ci.workload.issuer", "unknown trusted issuer 'nowhere'")
+    assert has(problems, "callers.pods2.kubernetes.issuer", "not a trusted issuer of kind")
+
+
+def test_kubernetes_caller_without_a_cluster_issuer_is_reported(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """A kubernetes binding needs a trusted issuer of kind kubernetes."""
+    document = good_document()
+    del document["trusted_issuers"]
+    problems = problems_of(document, tmp_path)
+    assert has(problems, "callers.pods.kubernetes.issuer", "no trusted issuer of kind kubernetes")
+
+
+def test_two_callers_bound_to_one_identity_are_reported(tmp_path: Path, secret_file: Path) -> None:
+    """Two callers matching the same service account would depend on order: refused."""
+    document = good_document()
+    document["callers"]["pods-again"] = {
+        "kubernetes": {"namespace": "ingestion", "service_account": "runner"},
+        "grants": [],
+    }
+    problems = problems_of(document, tmp_path)
+    assert has(problems, "callers.pods-again", "same workload identity as caller 'pods'")
