@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ import yaml
 
 from service.api.app import create_app
 from service.cache.crypto import new_cache_key
+from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.support import OidcProvider
 
@@ -127,6 +129,15 @@ async def running_broker(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
             yield client
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The audit records captured so far, as the JSON lines the broker writes."""
+    return [
+        json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "token_broker.audit"
+    ]
 
 
 def bearer(key: str) -> dict[str, str]:

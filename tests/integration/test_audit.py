@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from typing import Any
 
 import pytest
 
 from service.logs import JsonFormatter
-from tests.integration.conftest import BrokerFiles, bearer, running_broker
+from tests.integration.conftest import BrokerFiles, audit_lines, bearer, running_broker
 
 LABELS = {
     "dag_id": "om_ingest_snowflake",
@@ -18,15 +16,6 @@ LABELS = {
     "run_id": "scheduled__2026-11-22T00:00:00+00:00",
     "pod": "airflow-worker-0",
 }
-
-
-def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """Audit records as the JSON lines the broker writes."""
-    return [
-        json.loads(JsonFormatter().format(record))
-        for record in caplog.records
-        if record.name == "token_broker.audit"
-    ]
 
 
 async def test_issuance_line_carries_labels_and_fingerprint(

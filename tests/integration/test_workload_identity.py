@@ -18,7 +18,13 @@ import httpx
 import pytest
 
 from service.logs import JsonFormatter
-from tests.integration.conftest import BrokerFiles, bearer, running_broker, write_config
+from tests.integration.conftest import (
+    BrokerFiles,
+    audit_lines,
+    bearer,
+    running_broker,
+    write_config,
+)
 from tests.support import OidcProvider, verify_access_token
 from tests.support.workload import WorkloadIssuer, forge_hmac_with_public_key, forge_unsigned
 
@@ -81,14 +87,6 @@ async def _token(client: httpx.AsyncClient, credential: str) -> httpx.Response:
     return await client.post("/v1/token", json={"profile": "ingestion"}, headers=bearer(credential))
 
 
-def _audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        json.loads(JsonFormatter().format(r))
-        for r in caplog.records
-        if r.name == "token_broker.audit"
-    ]
-
-
 async def test_projected_service_account_token_gets_a_token(
     broker: httpx.AsyncClient,
     issuer: OidcProvider,
@@ -103,7 +101,7 @@ async def test_projected_service_account_token_gets_a_token(
     body = response.json()
     _, claims = verify_access_token(body["access_token"], issuer.jwks())
     assert claims["scope"] == "ingestion"
-    issued = [line for line in _audit_lines(caplog) if line["outcome"] == "issued"]
+    issued = [line for line in audit_lines(caplog) if line["outcome"] == "issued"]
     assert len(issued) == 1
     assert issued[0]["caller"] == "pods"
     assert issued[0]["credential"] == "jwt:cluster"
