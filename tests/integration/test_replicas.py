@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,47 +12,9 @@ import httpx
 import pytest
 
 from service.cache.crypto import new_cache_key
+from tests.integration.broker_process import start_broker, stop_broker, wait_ready
 from tests.integration.conftest import BrokerFiles, bearer
-from tests.support import OidcProvider, free_port
-
-
-def _start(
-    files: BrokerFiles, redis_url: str, cache_key: str, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
-    env.update(
-        TOKEN_BROKER_CONFIG=str(files.config),
-        TOKEN_BROKER_REDIS_URL=redis_url,
-        TOKEN_BROKER_CACHE_KEYS=cache_key,
-        TOKEN_BROKER_HOST="127.0.0.1",
-        TOKEN_BROKER_PORT=str(port),
-        TOKEN_BROKER_LOG_LEVEL="DEBUG",
-    )
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    with httpx.Client(trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"broker exited: {log.read_text()[-2000:]}")
-            try:
-                if client.get(url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    pytest.fail(f"broker not ready: {log.read_text()[-2000:]}")
+from tests.support import OidcProvider
 
 
 @pytest.fixture
@@ -68,20 +27,17 @@ def replicas(
     try:
         for index in range(3):
             log = tmp_path / f"broker-{index}.log"
-            started.append((*_start(files, redis_url, cache_key, log), log))
+            process, url = start_broker(files, log, redis_url=redis_url, cache_key=cache_key)
+            started.append((process, url, log))
         for process, url, log in started:
-            _wait_ready(url, process, log)
+            wait_ready(url, process, log)
         yield [url for _, url, _ in started], [log for _, _, log in started]
     finally:
         for process, _, _ in started:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process, _, _ in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
+            stop_broker(process)
 
 
 async def test_three_replicas_one_issuer_request(
