@@ -119,6 +119,10 @@ class Broker:
             self._check_lifetime(grant, issued.token)
             if self._usable(issued.token, self._clock(), grant.min_ttl):
                 return issued
+            if issued.source == "issuer":
+                # Fresh from the issuer and still too short (min_ttl equal to the lifetime):
+                # asking again cannot help, so this is the caller's error, not an outage.
+                raise TokenLifetimeTooShort(grant.profile, issued.token.lifetime, grant.min_ttl)
         raise UpstreamUnavailable("could not obtain a token with enough remaining life")
 
     async def aclose(self) -> None:

@@ -161,6 +161,24 @@ async def test_min_ttl_longer_than_issuer_lifetime() -> None:
     assert source.calls == 1
 
 
+async def test_min_ttl_equal_to_issuer_lifetime_is_refused_after_one_exchange() -> None:
+    """min_ttl == the issuer's lifetime: the fresh token is already short, so 400, one call."""
+    clock = FakeClock()
+    source = CountingSource(clock, lifetime=600)
+    broker = _broker(clock, source, MemoryTokenCache(clock=clock))
+    original = source.fetch
+
+    async def slow_fetch(profile: str, scopes: tuple[str, ...]) -> IssuedToken:
+        token = await original(profile, scopes)
+        clock.now += 0.5  # the exchange itself takes time
+        return token
+
+    source.fetch = slow_fetch  # type: ignore[method-assign]
+    with pytest.raises(TokenLifetimeTooShort, match="min_ttl 600 s cannot be satisfied"):
+        await broker.issue(Grant(caller="a", profile="p", scopes=(), min_ttl=600))
+    assert source.calls == 1
+
+
 def test_cache_key_ignores_scope_order() -> None:
     """The same scope set in any order maps to one cache key."""
     clock = FakeClock()
