@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from service.broker import Broker, TokenCache
+from service.cache.connection import connect_redis
 from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
 from service.cache.memory import MemoryTokenCache, TieredTokenCache
 from service.cache.redis import RedisRefreshLock, RedisTokenCache
@@ -101,16 +102,7 @@ def build_runtime(
     lock = None
     if settings.redis_url is not None:
         assert settings.cache_keys is not None  # load_checked guarantees it
-        # A blocking pool queues a burst of requests for a connection instead of failing them.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url.get_secret_value(),
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_seconds,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            health_check_interval=30,
-        )
-        redis = Redis(connection_pool=pool)
+        redis = connect_redis(settings)
         cipher = TokenCipher(parse_cache_keys(settings.cache_keys.get_secret_value()))
         cache = TieredTokenCache(
             local,

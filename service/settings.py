@@ -35,12 +35,31 @@ class Settings(BaseSettings):
     wait_timeout_seconds: float = Field(default=20.0, gt=0)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_timeout_seconds: float = Field(default=1.0, gt=0)
+    # CA bundle for rediss:// (TLS) when Redis' certificate is not signed by a system CA.
+    redis_ca_file: Path | None = None
     redis_max_connections: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16_384, ge=256)
     # Trusted issuers' keys: refreshed this often, and refetched for an unknown kid at most
     # once per min interval, so made-up kids cannot make the broker hammer an issuer.
     jwks_max_age_seconds: float = Field(default=600.0, gt=0)
     jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    # Issuer trouble: retries with full-jitter backoff inside one deadline per exchange, and
+    # a per-profile circuit breaker that fails fast while the issuer keeps failing.
+    upstream_attempts: int = Field(default=4, ge=1, le=10)
+    upstream_deadline_seconds: float = Field(default=20.0, gt=0)
+    upstream_backoff_base_seconds: float = Field(default=0.2, gt=0)
+    upstream_backoff_max_seconds: float = Field(default=5.0, gt=0)
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_reset_seconds: float = Field(default=30.0, gt=0)
+    # Redis trouble: after a failure Redis is skipped (in-process cache and single-flight
+    # only) and probed this often until it answers again.
+    redis_probe_seconds: float = Field(default=2.0, gt=0)
+    # Abuse: per-caller hand-outs per minute (shared through Redis; 0 disables), failed
+    # authentications per client address per minute, and request header limits.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    auth_failures_per_minute: int = Field(default=30, ge=1)
+    max_header_bytes: int = Field(default=8192, ge=1024)
+    max_headers: int = Field(default=64, ge=8)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Self:
