@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -89,6 +90,10 @@ def serve(config: ConfigOption = None) -> None:
         # Workers build their own settings from the environment.
         os.environ["TOKEN_BROKER_CONFIG"] = str(config)
     configure_logging(settings.log_level)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal it captured; this
+    # handler (restored by uvicorn before it re-raises) turns that into exit status 0, so
+    # orchestrators see a clean stop rather than a kill.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
@@ -103,6 +108,11 @@ def serve(config: ConfigOption = None) -> None:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    del signum, frame
+    raise SystemExit(0)
 
 
 @app.command("new-key")

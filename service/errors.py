@@ -12,6 +12,7 @@ status codes::
     ├── InvalidClient                  401 invalid_client   (+ WWW-Authenticate)
     ├── AccessDenied                   403 unauthorized_client (no grant for the profile)
     │   └── ScopeNotGranted            403 invalid_scope
+    ├── RateLimited                    429 temporarily_unavailable (+ Retry-After)
     ├── UpstreamError                  502 server_error     (the issuer refused or answered badly)
     │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After)
     └── ConfigError                    raised at start-up only; lists every problem
@@ -21,6 +22,7 @@ Descriptions are written for the caller: they never contain a secret, a key or a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -97,22 +99,52 @@ class ScopeNotGranted(AccessDenied):
     error = "invalid_scope"
 
 
+class RateLimited(BrokerError):
+    """Over a rate limit: per caller, or failed authentications per client address.
+
+    RFC 6749 has no rate-limit code; ``temporarily_unavailable`` is its nearest meaning.
+    """
+
+    error = "temporarily_unavailable"
+    status = 429
+
+    def __init__(self, description: str, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        """When the window ends."""
+        return {"Retry-After": str(self.retry_after)}
+
+
 class UpstreamError(BrokerError):
-    """The issuer refused the exchange or answered with something unusable."""
+    """The issuer refused the exchange or answered with something unusable.
+
+    ``issuer_error`` is the issuer's RFC 6749 error code when it sent one; such refusals are
+    not retried (asking again with the same credentials gets the same answer).
+    """
 
     error = "server_error"
     status = 502
 
+    def __init__(self, description: str, *, issuer_error: str | None = None) -> None:
+        super().__init__(description)
+        self.issuer_error = issuer_error
+
 
 class UpstreamUnavailable(UpstreamError):
-    """The issuer could not be reached and no cached token can stand in."""
+    """The issuer could not be reached and no cached token can stand in.
+
+    ``retry_after`` goes to the caller; ``hint`` is the issuer's own Retry-After, if any.
+    """
 
     error = "temporarily_unavailable"
     status = 503
 
-    def __init__(self, description: str, retry_after: int = 5) -> None:
+    def __init__(self, description: str, retry_after: int = 5, hint: float | None = None) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+        self.hint = hint
 
     def headers(self) -> dict[str, str]:
         """Tell well-behaved clients when to come back."""

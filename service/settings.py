@@ -31,8 +31,11 @@ class Settings(BaseSettings):
     allow_inline_secrets: bool = False
     refresh_fraction: float = Field(default=2 / 3, gt=0, lt=1)
     max_skew_seconds: float = Field(default=30.0, ge=0)
-    lock_lease_seconds: float = Field(default=15.0, gt=0)
-    wait_timeout_seconds: float = Field(default=20.0, gt=0)
+    # The refresh lease is renewed while its holder works, so it can be short: a holder that
+    # dies frees the key within one lease.
+    lock_lease_seconds: float = Field(default=5.0, gt=0)
+    # Replicas waiting on another's exchange wait out its whole retry deadline, and then some.
+    wait_timeout_seconds: float = Field(default=30.0, gt=0)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_timeout_seconds: float = Field(default=1.0, gt=0)
     # CA bundle for rediss:// (TLS) when Redis' certificate is not signed by a system CA.
@@ -60,6 +63,17 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(default=30, ge=1)
     max_header_bytes: int = Field(default=8192, ge=1024)
     max_headers: int = Field(default=64, ge=8)
+
+    @model_validator(mode="after")
+    def _waiters_outlast_the_exchange(self) -> Self:
+        if self.wait_timeout_seconds <= self.upstream_deadline_seconds:
+            msg = (
+                "TOKEN_BROKER_WAIT_TIMEOUT_SECONDS must exceed "
+                "TOKEN_BROKER_UPSTREAM_DEADLINE_SECONDS: replicas waiting on another's exchange "
+                "would give up while it is still retrying"
+            )
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Self:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import errors
-from service.api.limits import BodyLimit
+from service.api.limits import RequestLimits
 from service.api.routes import router
 from service.logs import drain
 from service.runtime import build_runtime, load_checked
@@ -42,7 +42,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     )
     app.include_router(router)
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLimits,
+        max_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
     return app
 
 

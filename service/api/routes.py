@@ -10,9 +10,10 @@ from urllib.parse import parse_qsl, unquote_plus
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from service import audit
+from service import audit, metrics
 from service.api.errors import NO_STORE, broker_error_response, validation_error
 from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, TokenResponse
 from service.callers.authenticator import JWT_BEARER_ASSERTION
@@ -55,14 +56,23 @@ async def bearer_caller(
     ] = None,
 ) -> Caller:
     """Authenticate ``Authorization: Bearer <credential>``; every refusal is audited."""
+    rt = runtime(request)
+    _throttle(rt, request)
     try:
-        return await runtime(request).callers.bearer(_bearer_credential(authorization))
+        return await rt.callers.bearer(_bearer_credential(authorization))
     except InvalidClient as exc:
-        _audit_refusal(request, exc)
+        _audit_refusal(rt, request, exc)
         raise
 
 
-def _audit_refusal(request: Request, exc: InvalidClient) -> None:
+def _throttle(rt: Runtime, request: Request) -> None:
+    if rt.auth_throttle is not None:
+        rt.auth_throttle.check(_peer(request))
+
+
+def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient) -> None:
+    if rt.auth_throttle is not None:
+        rt.auth_throttle.failed(_peer(request))
     # The description names what was wrong (expired, wrong audience...), never the credential.
     audit.record(
         "denied",
@@ -97,6 +107,8 @@ def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Respon
 
 async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str | None) -> Issued:
     try:
+        if rt.rate_limit is not None:
+            await rt.rate_limit.check(caller.name)
         grant = rt.config.policy.decide(caller, request)
         issued = await rt.broker.issue(grant)
     except BrokerError as exc:
@@ -275,6 +287,7 @@ async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> C
         raise InvalidRequest("use one client authentication method, not two")
     if "client_assertion" in form and form.get("client_assertion_type") != JWT_BEARER_ASSERTION:
         raise InvalidRequest(f"client_assertion_type must be {JWT_BEARER_ASSERTION}")
+    _throttle(rt, request)
     try:
         if "client_assertion" in form:
             return await rt.callers.client_assertion(
@@ -283,7 +296,7 @@ async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> C
         client_id, secret = _client_secret(header, form)
         return rt.callers.client_secret(client_id, secret)
     except InvalidClient as exc:
-        _audit_refusal(request, exc)
+        _audit_refusal(rt, request, exc)
         raise
 
 
@@ -330,14 +343,19 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unavailable."}})
+@router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Readiness: the cache backend answers."""
+    """Readiness: ``ready``, or ``degraded`` while Redis is down (still serving, from memory)."""
     checks = await runtime(request).ready()
-    ready = all(v in {"ok", "memory"} for v in checks.values())
+    status = "degraded" if "degraded" in checks.values() else "ready"
     return Response(
-        content=orjson.dumps({"status": "ready" if ready else "unready", "checks": checks}),
-        status_code=200 if ready else 503,
+        content=orjson.dumps({"status": status, "checks": checks}),
         media_type="application/json",
         headers=NO_STORE,
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_text() -> Response:
+    """Prometheus exposition; label values come from configuration only."""
+    return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from service import metrics
 from service.models import IssuedToken
 
 if TYPE_CHECKING:
@@ -76,10 +77,15 @@ class TieredTokenCache:
         """L1 first, then L2 (copying a still-fresh L2 hit into L1)."""
         token = await self._local.get(key)
         if token is not None:
+            metrics.cache_lookups.labels("local", "hit").inc()
             return token
+        metrics.cache_lookups.labels("local", "miss").inc()
         token = await self._shared.get(key)
         if token is not None:
+            metrics.cache_lookups.labels("redis", "hit").inc()
             await self._local.put(key, token, self._local_ttl(token))
+        else:
+            metrics.cache_lookups.labels("redis", "miss").inc()
         return token
 
     async def put(self, key: str, token: IssuedToken, ttl: float) -> None:

@@ -5,18 +5,25 @@ Keys are hashes, so they reveal neither profile nor scopes.
 
 Redis is an optimisation, never a single point of failure: a failed read is a miss, a failed
 write is skipped, and a lock that cannot be taken in Redis falls back to the in-process
-single-flight, which still allows only one exchange per replica.
+single-flight, which still allows only one exchange per replica. After a failure,
+``RedisHealth`` skips Redis altogether (no request waits on a dead server's timeout) and lets
+one call through as a probe every ``probe_interval``; the first success ends the degradation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
 
+from service import metrics
 from service.cache.crypto import TokenCipher, UndecryptableError
 from service.models import IssuedToken
 
@@ -27,6 +34,7 @@ log = logging.getLogger("token_broker.cache")
 
 PREFIX = "token-broker:v1:"
 _LOCAL_LEASE = "local"
+T = TypeVar("T")
 
 # Delete the lock only if it still holds our lease: a holder that overran its lease must
 # not release the lock a successor now holds.
@@ -37,23 +45,86 @@ end
 return 0
 """
 
+# Push the lock's expiry forward only while it still holds our lease.
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class RedisDown(Exception):
+    """Redis is being skipped (degraded) or the call just failed."""
+
+
+class RedisHealth:
+    """Whether Redis answers; while it does not, calls are skipped except one probe at a time."""
+
+    def __init__(
+        self, *, probe_interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._up = True
+        self._next_probe = 0.0
+        metrics.redis_up.set(1)
+
+    @property
+    def up(self) -> bool:
+        """False while the broker runs degraded on its in-process cache."""
+        return self._up
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` unless Redis is being skipped; raise ``RedisDown`` on any failure."""
+        if not self._up:
+            now = self._clock()
+            if now < self._next_probe:
+                raise RedisDown
+            # This call is the probe; the others keep skipping until it reports back.
+            self._next_probe = now + self._probe_interval
+        try:
+            result = await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            raise RedisDown from None
+        self.succeeded()
+        return result
+
+    def failed(self, exc: BaseException) -> None:
+        """Record a failure: degrade (logged once per outage)."""
+        metrics.redis_errors.inc()
+        self._next_probe = self._clock() + self._probe_interval
+        if self._up:
+            self._up = False
+            metrics.redis_up.set(0)
+            log.warning(
+                "redis failed; degraded to the in-process cache and single-flight",
+                extra={"reason": type(exc).__name__},
+            )
+
+    def succeeded(self) -> None:
+        """Record a success: recover (logged once)."""
+        if not self._up:
+            self._up = True
+            metrics.redis_up.set(1)
+            log.warning("redis answers again; shared cache and lock restored")
+
 
 class RedisTokenCache:
     """Encrypted tokens in Redis, each with a TTL that ends before the token does."""
 
-    def __init__(self, client: Redis, cipher: TokenCipher) -> None:
+    def __init__(self, client: Redis, cipher: TokenCipher, health: RedisHealth) -> None:
         self._client = client
         self._cipher = cipher
+        self._health = health
 
     async def get(self, key: str) -> IssuedToken | None:
-        """Decrypt the token under ``key``; an unreadable value counts as a miss."""
+        """Decrypt the token under ``key``; an unreadable value or a Redis failure is a miss."""
         name = PREFIX + "token:" + key
         try:
-            blob = await self._client.get(name)
-        except RedisError as exc:
-            log.warning(
-                "redis read failed; treating as a miss", extra={"reason": type(exc).__name__}
-            )
+            blob = await self._health.call(lambda: self._client.get(name))
+        except RedisDown:
             return None
         if not isinstance(blob, bytes):
             return None
@@ -73,7 +144,7 @@ class RedisTokenCache:
             return None
 
     async def put(self, key: str, token: IssuedToken, ttl: float) -> None:
-        """Encrypt and store with a millisecond TTL."""
+        """Encrypt and store with a millisecond TTL; skipped while Redis is down."""
         name = PREFIX + "token:" + key
         plaintext = orjson.dumps(
             {
@@ -84,44 +155,62 @@ class RedisTokenCache:
                 "scope": token.scope,
             }
         )
-        try:
-            await self._client.set(
-                name, self._cipher.encrypt(plaintext, name.encode()), px=max(1, int(ttl * 1000))
+        blob = self._cipher.encrypt(plaintext, name.encode())
+        # While Redis is down this replica's L1 still has it; other replicas fetch their own.
+        with contextlib.suppress(RedisDown):
+            await self._health.call(
+                lambda: self._client.set(name, blob, px=max(1, int(ttl * 1000)))
             )
-        except RedisError as exc:
-            log.warning("redis write failed; not shared", extra={"reason": type(exc).__name__})
 
 
 class RedisRefreshLock:
-    """``SET NX PX`` lease; released only by its holder, expires if the holder dies."""
+    """``SET NX PX`` lease; released only by its holder, expires if the holder dies.
 
-    def __init__(self, client: Redis, lease_seconds: float) -> None:
+    While held, the lease is renewed every third of its length: an exchange slower than one
+    lease (slow issuer, retries) keeps it, and a dead holder's lease still ends within one.
+    """
+
+    def __init__(self, client: Redis, lease_seconds: float, health: RedisHealth) -> None:
         self._client = client
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
+        self._health = health
+        self._keepers: dict[str, asyncio.Task[None]] = {}
 
     async def acquire(self, key: str) -> str | None:
-        """A random lease id when the lock was free."""
+        """A random lease id when the lock was free; a local lease while Redis is down."""
         lease = secrets.token_hex(16)
         try:
-            acquired = await self._client.set(
-                PREFIX + "lock:" + key, lease, nx=True, px=self._lease_ms
+            acquired = await self._health.call(
+                lambda: self._client.set(PREFIX + "lock:" + key, lease, nx=True, px=self._lease_ms)
             )
-        except RedisError as exc:
-            log.warning(
-                "redis lock failed; single-flight is per replica",
-                extra={"reason": type(exc).__name__},
-            )
+        except RedisDown:
+            # Degraded: the in-process single-flight still allows one exchange per replica.
             return _LOCAL_LEASE
-        return lease if acquired else None
+        if not acquired:
+            return None
+        self._keepers[lease] = asyncio.create_task(self._keep(PREFIX + "lock:" + key, lease))
+        return lease
+
+    async def _keep(self, name: str, lease: str) -> None:
+        """Renew the lease until it is released or is no longer ours."""
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            with contextlib.suppress(RedisDown):  # try again; else it expires by itself
+                if not await self._health.call(
+                    lambda: self._extend(keys=[name], args=[lease, self._lease_ms])
+                ):
+                    return
 
     async def release(self, key: str, lease: str) -> None:
         """Compare-and-delete, atomically in Redis; an unreleased lease expires by itself."""
         if lease == _LOCAL_LEASE:
             return
-        try:
-            await self._release(keys=[PREFIX + "lock:" + key], args=[lease])
-        except RedisError as exc:
-            log.warning(
-                "redis unlock failed; lease will expire", extra={"reason": type(exc).__name__}
+        keeper = self._keepers.pop(lease, None)
+        if keeper is not None:
+            keeper.cancel()
+        with contextlib.suppress(RedisDown):  # else the lease expires by itself
+            await self._health.call(
+                lambda: self._release(keys=[PREFIX + "lock:" + key], args=[lease])
             )

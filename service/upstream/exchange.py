@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc.jwk import ECKey, RSAKey
 
 from service.errors import UpstreamError, UpstreamUnavailable
+from service.resilience import retry_after_seconds
 from service.upstream.discovery import Discovery
 from service.upstream.tokens import token_from_response
 
@@ -21,6 +23,25 @@ if TYPE_CHECKING:
     from service.models import IssuedToken
 
 log = logging.getLogger("token_broker.upstream")
+
+# An issuer's error code is echoed to callers only when it looks like an RFC 6749 code.
+_ERROR_CODE = re.compile(r"[a-z][a-z_]{0,39}")
+
+
+class _IssuerBusy(Exception):
+    """HTTP 429 or 5xx from the token endpoint, whatever its body: worth retrying."""
+
+    def __init__(self, status: int, retry_after: str | None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _raise_when_busy(response: httpx2.Response) -> httpx2.Response:
+    # authlib would read a 429's JSON body as a refusal; a rate limit is an outage to wait out.
+    if response.status_code == 429 or response.status_code >= 500:  # noqa: PLR2004
+        raise _IssuerBusy(response.status_code, response.headers.get("retry-after"))
+    return response
 
 
 class UpstreamTokenSource:
@@ -63,8 +84,16 @@ class UpstreamTokenSource:
         try:
             raw = await client.fetch_token(endpoint, grant_type="client_credentials", **params)
         except OAuthError as exc:
+            code = exc.error if _ERROR_CODE.fullmatch(str(exc.error)) else "unrecognised"
             raise UpstreamError(
-                f"issuer refused the exchange for profile '{profile}': {exc.error}"
+                f"issuer refused the exchange for profile '{profile}': {code}",
+                issuer_error=code,
+            ) from None
+        except _IssuerBusy as exc:
+            self._forget_discovery(spec)
+            raise UpstreamUnavailable(
+                f"issuer answered HTTP {exc.status}",
+                hint=retry_after_seconds(exc.retry_after, now=self._clock()),
             ) from None
         except httpx2.HTTPStatusError as exc:
             self._forget_discovery(spec)
@@ -92,6 +121,7 @@ class UpstreamTokenSource:
                 token_endpoint_auth_method=spec.auth_method,
                 timeout=self._timeout,
             )
+            client.register_compliance_hook("access_token_response", _raise_when_busy)
             if spec.auth_method == "private_key_jwt":
                 headers = {"kid": spec.key_id} if spec.key_id else None
                 client.register_client_auth_method(

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,9 +47,11 @@ def start_broker(
     redis_url: str | None = None,
     cache_key: str | None = None,
     port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``python -m service serve`` on 127.0.0.1 (Redis only when ``redis_url``).
 
+    ``extra_env`` adds (or overrides) environment variables, e.g. ``TOKEN_BROKER_*`` tunables.
     Its stdout and stderr (JSON log lines, DEBUG) are appended to ``log``. Returns the process
     (its own session, so its group can be signalled) and its base URL.
     """
@@ -64,6 +66,7 @@ def start_broker(
         env["TOKEN_BROKER_REDIS_URL"] = redis_url
     if cache_key is not None:
         env["TOKEN_BROKER_CACHE_KEYS"] = cache_key
+    env.update(extra_env or {})
     with log.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],

@@ -144,11 +144,8 @@ async def test_refresh_ahead_serves_cached_token_while_refreshing(
         assert {r.json()["access_token"] for r in during} == {first}
         assert {r.headers["token-broker-source"] for r in during} == {"cache"}
         assert await asyncio.to_thread(issuer.proxy.wait_for_token_requests, 2)
-        issuer.proxy.set_fault(None)  # releases the hung refresh, which fails
-        await asyncio.sleep(0.2)
-        # The next request past the refresh point starts a refresh that succeeds.
-        still = await _token(client, files.keys["airflow"])
-        assert still.json()["access_token"] == first
+        # Releases the hung request, which fails; the refresh retries it behind the callers.
+        issuer.proxy.set_fault(None)
         assert await asyncio.to_thread(issuer.proxy.wait_for_token_requests, 3)
         for _ in range(50):
             fresh = await _token(client, files.keys["airflow"])
@@ -229,13 +226,25 @@ async def test_oidc_discovery_is_refetched_after_failure(
 ) -> None:
     """A failed discovery is not cached: the next request discovers again and succeeds."""
     issuer.proxy.set_fault("error503", fault_all=True, times=1)
-    async with running_broker(files.settings()) as client:
+    # One attempt per exchange, so the failure reaches the caller instead of being retried.
+    async with running_broker(files.settings(upstream_attempts=1)) as client:
         failed = await _token(client, files.keys["airflow"])
         recovered = await _token(client, files.keys["airflow"])
     assert failed.status_code == 503
     assert failed.json()["error"] == "temporarily_unavailable"
     assert "retry-after" in failed.headers
     assert recovered.status_code == 200
+
+
+async def test_a_failed_discovery_is_retried_within_the_same_request(
+    files: BrokerFiles, issuer: OidcProvider
+) -> None:
+    """With retries on, one 503 from discovery costs the caller a retry, not an error."""
+    issuer.proxy.set_fault("error503", fault_all=True, times=1)
+    async with running_broker(files.settings()) as client:
+        response = await _token(client, files.keys["airflow"])
+    assert response.status_code == 200, response.text
+    assert issuer.proxy.token_requests == 1
 
 
 async def test_issuer_refusal_is_a_502_naming_its_error(
