@@ -6,11 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps node-deps lint typecheck test unit demo clean
+.PHONY: help install system-deps node-deps lint typecheck test unit interop demo clean
 
 help:
 	@echo "make demo   - start an identity provider and the broker, fetch a token twice via the CLI"
 	@echo "make test   - install everything, then ruff, mypy --strict and the whole pytest suite"
+	@echo "make interop - the real OpenMetadata metadata CLI under token-broker exec / sidecar"
+	@echo "               (builds the cached .interop/venv when tests/interop/*.txt changed)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +44,15 @@ test: install node-deps lint typecheck
 unit: install
 	$(PY) -m pytest tests/unit
 
+# The real `metadata` CLI lives in .interop/venv, rebuilt only when the sha256 of
+# tests/interop/requirements.txt + constraints.txt differs from the stamp inside it.
+interop: install node-deps
+	$(PY) -m tests.interop.ensure_venv
+	$(PY) -m pytest tests/interop -p no:cacheprovider
+
 # The demo runs `npm ci` in tests/idp itself (ensure_node_modules), only when the lockfile changed.
 demo: install system-deps
 	$(PY) -m scripts.demo
 
 clean:
-	rm -rf $(VENV) tests/idp/node_modules .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .interop tests/idp/node_modules .demo .mypy_cache .ruff_cache .pytest_cache
