@@ -37,6 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Caller not authenticated (invalid_client).",
         403: "Policy refused (unauthorized_client, invalid_scope).",
         413: "Request body too large.",
+        429: "Too many requests from this caller or address; see Retry-After.",
         502: "The issuer refused the exchange.",
         503: "The issuer is unreachable and no cached token can stand in.",
     }.items()
@@ -126,6 +127,8 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
             labels=request.labels,
             client=peer,
         )
+        outcome = "denied" if exc.status < 500 else "error"  # noqa: PLR2004
+        metrics.handouts.labels(profile.name if profile else metrics.UNKNOWN, outcome).inc()
         raise
     audit.record(
         "issued",
@@ -140,6 +143,8 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
         labels=request.labels,
         client=peer,
     )
+    metrics.handouts.labels(grant.profile, "issued").inc()
+    metrics.remaining_life.labels(grant.profile).observe(issued.token.remaining(rt.clock()))
     return issued
 
 

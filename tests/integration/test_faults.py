@@ -294,3 +294,23 @@ async def test_oversized_headers_are_refused_with_431(files: BrokerFiles) -> Non
     for response in (many, big):
         assert response.status_code == 431
         assert response.json()["error"] == "invalid_request"
+
+
+async def test_metrics_count_handouts_by_configured_names_only(
+    files: BrokerFiles, issuer: OidcProvider, redis_url: str
+) -> None:
+    """/metrics counts issued and denied hand-outs; a made-up profile name never becomes a label."""
+    async with running_broker(files.settings(redis_url)) as client:
+        await _token(client, files.keys["airflow"])
+        await _token(client, files.keys["airflow"])
+        await _token(client, files.keys["reader"], scopes=["write"])
+        await client.post(
+            "/v1/token", json={"profile": "made-up-profile"}, headers=bearer(files.keys["airflow"])
+        )
+        text = (await client.get("/metrics")).text
+    assert _value(text, 'token_broker_handouts_total{outcome="issued",profile="ingestion"}') >= 2
+    assert _value(text, 'token_broker_handouts_total{outcome="denied",profile="ingestion"}') >= 1
+    assert 'profile="(unknown)"' in text
+    assert "made-up-profile" not in text
+    assert _value(text, 'token_broker_cache_lookups_total{layer="local",result="hit"}') >= 1
+    assert _value(text, "token_broker_redis_up") == 1
