@@ -209,6 +209,14 @@ def parse_response(status: int, headers: Mapping[str, str], content: bytes) -> F
         raise ClientError("broker answered 200 without a usable token", status=status) from None
 
 
+def _token_request(url: str, credential: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "url": url.rstrip("/") + "/v1/token",
+        "json": body,
+        "headers": {"Authorization": f"Bearer {credential}"},
+    }
+
+
 def fetch_token(
     url: str,
     credential: str,
@@ -220,13 +228,11 @@ def fetch_token(
     timeout: float = 30.0,
 ) -> FetchedToken:
     """``POST /v1/token``; raises ``ClientError`` with the broker's error description."""
+    request = _token_request(
+        url, credential, request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels)
+    )
     try:
-        response = httpx2.post(
-            url.rstrip("/") + "/v1/token",
-            json=request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels),
-            headers={"Authorization": f"Bearer {credential}"},
-            timeout=timeout,
-        )
+        response = httpx2.post(**request, timeout=timeout)
     except httpx2.HTTPError as exc:
         raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
     return parse_response(response.status_code, response.headers, response.content)
@@ -244,13 +250,11 @@ async def afetch_token(
     request_timeout: float = 30.0,
 ) -> FetchedToken:
     """``fetch_token`` on an async client (the sidecar's event loop)."""
+    request = _token_request(
+        url, credential, request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels)
+    )
     try:
-        response = await client.post(
-            url.rstrip("/") + "/v1/token",
-            json=request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels),
-            headers={"Authorization": f"Bearer {credential}"},
-            timeout=request_timeout,
-        )
+        response = await client.post(**request, timeout=request_timeout)
     except httpx2.HTTPError as exc:
         raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
     return parse_response(response.status_code, response.headers, response.content)

@@ -14,17 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 import pytest
 
-from tests.integration.conftest import BrokerFiles
-from tests.support import free_port
+from tests.integration.conftest import BrokerFiles, write_config
+from tests.support import OidcProvider, free_port
 
 READY_TIMEOUT_SECONDS = 20.0
+CLI_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -162,3 +163,35 @@ class BrokerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def run_cli(
+    args: list[str], env: Mapping[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m service ARGS`` with exactly ``env``, in ``cwd``, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@contextlib.contextmanager
+def module_broker(
+    issuer: OidcProvider, directory: Path, files: BrokerFiles | None = None
+) -> Iterator[BrokerProcess]:
+    """A broker subprocess on the session issuer (restarted and fault-free), for one module.
+
+    ``files`` defaults to ``write_config(directory, issuer)``.
+    """
+    if not issuer.is_running():
+        issuer.restart()
+    issuer.proxy.set_fault(None)
+    config = files or write_config(directory, issuer)
+    with BrokerProcess(config, directory / "broker.log") as proc:
+        yield proc

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from service.cache.crypto import new_cache_key
+from tests.integration.broker_process import run_cli
 from tests.support import free_port
 
 CLIENT_SECRET = "cli-client-s3cret-never-printed"
@@ -40,16 +41,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m service ARGS`` with ``env``, in ``cwd``, bounded in time."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(args, env, cwd)
 
 
 def good_config(directory: Path) -> Path:

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from service.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env
-from tests.integration.conftest import write_config
+from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.support import OidcProvider, free_port, verify_access_token
 
 TIMEOUT = 30
@@ -31,11 +30,7 @@ def broker(
     oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrokerProcess]:
     """A broker subprocess for this module, on the session issuer (callers airflow, reader)."""
-    if not oidc_provider.is_running():
-        oidc_provider.restart()
-    oidc_provider.proxy.set_fault(None)
-    directory = tmp_path_factory.mktemp("runner-broker")
-    with BrokerProcess(write_config(directory, oidc_provider), directory / "broker.log") as proc:
+    with module_broker(oidc_provider, tmp_path_factory.mktemp("runner-broker")) as proc:
         yield proc
 
 
@@ -51,16 +46,7 @@ def env(broker: BrokerProcess, tmp_path: Path) -> dict[str, str]:
 
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m service ARGS``, bounded in time."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(args, env, cwd)
 
 
 def assert_genuine(token: str, issuer: OidcProvider) -> None:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from service.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env
+from tests.integration.broker_process import BrokerProcess, broker_env, module_broker
 from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port, start_oidc_provider, verify_access_token
 
@@ -125,11 +125,7 @@ def broker(
     oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrokerProcess]:
     """A broker subprocess for this module on the session issuer (1 h tokens)."""
-    if not oidc_provider.is_running():
-        oidc_provider.restart()
-    oidc_provider.proxy.set_fault(None)
-    directory = tmp_path_factory.mktemp("sidecar-broker")
-    with BrokerProcess(write_config(directory, oidc_provider), directory / "broker.log") as proc:
+    with module_broker(oidc_provider, tmp_path_factory.mktemp("sidecar-broker")) as proc:
         yield proc
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.broker_process import BrokerProcess, broker_env
+from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.integration.conftest import write_config
 from tests.support import OidcProvider, verify_access_token
 from tests.support.workload import WorkloadIssuer
@@ -43,9 +42,6 @@ def broker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[BrokerProcess]:
     """A broker subprocess trusting the cluster; caller ``pods`` is ingestion/runner."""
-    if not oidc_provider.is_running():
-        oidc_provider.restart()
-    oidc_provider.proxy.set_fault(None)
     directory = tmp_path_factory.mktemp("workload-broker")
     files = write_config(
         directory,
@@ -60,7 +56,7 @@ def broker(
             }
         },
     )
-    with BrokerProcess(files, directory / "broker.log") as proc:
+    with module_broker(oidc_provider, directory, files) as proc:
         yield proc
 
 
@@ -82,16 +78,7 @@ def cli(
         TOKEN_BROKER_CREDENTIAL_FILE=str(credential),
         HOME=str(cwd),
     )
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(list(args), env, cwd)
 
 
 def test_token_with_a_projected_token_file_gets_the_pods_grant(

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.broker_process import BrokerProcess
-from tests.integration.conftest import write_config
+from tests.integration.broker_process import BrokerProcess, module_broker
 from tests.interop.ensure_venv import ensure_venv, pinned_version
 from tests.interop.om_server import FakeOpenMetadata
 from tests.support import OidcProvider
@@ -32,11 +31,7 @@ def broker(
     oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrokerProcess]:
     """A broker subprocess on the session oidc-provider; caller ``airflow`` may get 4 h tokens."""
-    if not oidc_provider.is_running():
-        oidc_provider.restart()
-    oidc_provider.proxy.set_fault(None)
-    directory = tmp_path_factory.mktemp("interop-broker")
-    with BrokerProcess(write_config(directory, oidc_provider), directory / "broker.log") as proc:
+    with module_broker(oidc_provider, tmp_path_factory.mktemp("interop-broker")) as proc:
         yield proc
 
 
