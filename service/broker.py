@@ -22,6 +22,7 @@ from service.models import Grant, Issued, IssuedToken
 log = logging.getLogger("token_broker.broker")
 
 Clock = Callable[[], float]
+MAX_SEEN = 1024
 Accept = Callable[[IssuedToken], bool]
 
 
@@ -33,6 +34,9 @@ class TokenCache(Protocol):
 
     async def put(self, key: str, token: IssuedToken, ttl: float) -> None:
         """Store ``token`` under ``key`` for ``ttl`` seconds."""
+
+    async def invalidate(self, prefix: str) -> None:
+        """Drop every token whose key starts with ``prefix`` (in every replica it reaches)."""
 
 
 class RefreshLock(Protocol):
@@ -92,11 +96,30 @@ class Broker:
         self._sleep = sleep
         self._flights: dict[str, asyncio.Future[Issued]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # (profile, scopes) behind each key handed out here: for the admin view only.
+        self._seen: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
-        """Cache key of a token: the client identity and the sorted scope set, hashed."""
+        """Cache key of a token: ``<profile prefix><hash of identity and sorted scopes>``.
+
+        Both parts are hashes, so a key reveals neither the client nor the scopes; the
+        prefix lets one profile's tokens be dropped together (``invalidate``).
+        """
         material = f"{self._profiles[profile]}\n{' '.join(sorted(scopes))}"
-        return hashlib.sha256(material.encode()).hexdigest()
+        return self.prefix_for(profile) + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def prefix_for(self, profile: str) -> str:
+        """The key prefix shared by every token of ``profile``."""
+        return hashlib.sha256(self._profiles[profile].encode()).hexdigest()[:16] + ":"
+
+    async def invalidate(self, profile: str) -> None:
+        """Drop every cached token of ``profile``; the next request goes to the issuer."""
+        await self._cache.invalidate(self.prefix_for(profile))
+
+    async def cached(self, profile: str) -> list[tuple[tuple[str, ...], IssuedToken | None]]:
+        """Scope sets of ``profile`` this replica has handed out, with their cached token."""
+        seen = [scopes for (name, scopes) in self._seen.values() if name == profile]
+        return [(scopes, await self._cache.get(self.key_for(profile, scopes))) for scopes in seen]
 
     def skew(self, token: IssuedToken) -> float:
         """Safety margin before expiry; a tenth of the life for short-lived tokens."""
@@ -105,6 +128,8 @@ class Broker:
     async def issue(self, grant: Grant) -> Issued:
         """A token for ``grant`` that lives at least ``grant.min_ttl`` seconds."""
         key = self.key_for(grant.profile, grant.scopes)
+        if key not in self._seen and len(self._seen) < MAX_SEEN:
+            self._seen[key] = (grant.profile, tuple(sorted(grant.scopes)))
         cached = await self._cache.get(key)
         if cached is not None:
             now = self._clock()

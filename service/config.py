@@ -443,7 +443,12 @@ def _grants(
                 max_ttl = parse_duration(grant.max_ttl)
             except ValueError as exc:
                 problems.append(f"{at}.max_ttl: {exc}")
-        rules[grant.profile] = GrantRule(profile=grant.profile, scopes=scopes, max_ttl=max_ttl)
+        rules[grant.profile] = GrantRule(
+            profile=grant.profile,
+            scopes=scopes,
+            max_ttl=max_ttl,
+            profile_scopes=frozenset(profile.scopes),
+        )
     return rules
 
 

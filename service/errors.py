@@ -13,6 +13,7 @@ status codes::
     ├── AccessDenied                   403 unauthorized_client (no grant for the profile)
     │   └── ScopeNotGranted            403 invalid_scope
     ├── RateLimited                    429 temporarily_unavailable (+ Retry-After)
+    ├── CacheUnavailable               503 temporarily_unavailable (an admin action needs Redis)
     ├── UpstreamError                  502 server_error     (the issuer refused or answered badly)
     │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After)
     └── ConfigError                    raised at start-up only; lists every problem
@@ -115,6 +116,17 @@ class RateLimited(BrokerError):
     def headers(self) -> dict[str, str]:
         """When the window ends."""
         return {"Retry-After": str(self.retry_after)}
+
+
+class CacheUnavailable(BrokerError):
+    """An operation that must reach every replica could not, because Redis is down."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        """Redis is probed every few seconds."""
+        return {"Retry-After": "5"}
 
 
 class UpstreamError(BrokerError):

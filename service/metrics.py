@@ -95,6 +95,23 @@ rate_limited = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+config_reloads = Counter(
+    "token_broker_config_reloads_total",
+    "Configuration reloads by result (applied, rejected).",
+    ["result"],
+    registry=REGISTRY,
+)
+singleflight_waiters = Gauge(
+    "token_broker_singleflight_waiters",
+    "Requests waiting on an exchange another request (or replica) is making.",
+    registry=REGISTRY,
+)
+admin_actions = Counter(
+    "token_broker_admin_actions_total",
+    "Admin API calls by action.",
+    ["action"],
+    registry=REGISTRY,
+)
 auth_failures = Counter(
     "token_broker_auth_failures_total",
     "Refused caller authentications.",

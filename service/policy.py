@@ -20,6 +20,9 @@ class GrantRule:
     profile: str
     scopes: frozenset[str]
     max_ttl: int | None = None
+    # The profile's scopes: the only scope names a refusal may repeat back to the caller.
+    # Anything else in a request is caller input (a pasted key, say) and is only counted.
+    profile_scopes: frozenset[str] = frozenset()
 
 
 class Policy:
@@ -39,9 +42,7 @@ class Policy:
         else:
             extra = set(request.scopes) - rule.scopes
             if extra:
-                raise ScopeNotGranted(
-                    f"scopes not granted to caller '{caller.name}': {' '.join(sorted(extra))}"
-                )
+                raise ScopeNotGranted(_refusal(caller.name, extra, rule.profile_scopes))
             scopes = tuple(sorted(set(request.scopes)))
         if rule.max_ttl is not None and request.min_ttl > rule.max_ttl:
             raise InvalidRequest(
@@ -62,3 +63,15 @@ class Policy:
     def profiles_for(self, caller: Caller) -> tuple[str, ...]:
         """Profiles the caller holds a grant for, in configuration order."""
         return tuple(self._rules.get(caller.name, {}))
+
+
+def _refusal(caller: str, extra: set[str], known: frozenset[str]) -> str:
+    """Why scopes were refused: configured scope names, and only a count of the others."""
+    named = " ".join(sorted(extra & known))
+    unknown = len(extra - known)
+    others = f"{unknown} scope{'s' if unknown > 1 else ''} unknown to the profile"
+    if not unknown:
+        return f"scopes not granted to caller '{caller}': {named}"
+    if not named:
+        return f"scopes not granted to caller '{caller}': {others}"
+    return f"scopes not granted to caller '{caller}': {named} (and {others})"

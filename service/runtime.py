@@ -6,18 +6,29 @@ place that knows which adapter backs which protocol.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.broker import Broker, TokenCache
+from service import metrics
+from service.broker import Broker, RefreshLock, TokenCache
 from service.cache.connection import connect_redis, redis_ca_file_problem, redis_url_problem
 from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
 from service.cache.memory import MemoryTokenCache, TieredTokenCache
-from service.cache.redis import RedisHealth, RedisRefreshLock, RedisTokenCache
+from service.cache.redis import (
+    RedisHealth,
+    RedisRefreshLock,
+    RedisTokenCache,
+    listen_for_invalidations,
+)
 from service.callers.api_keys import ApiKeyAuthenticator
 from service.callers.authenticator import Authenticator
 from service.callers.jwks import JwksKeySource
@@ -64,21 +75,134 @@ def load_checked(settings: Settings) -> BrokerConfig:
 
 
 @dataclass
-class Runtime:
-    """Everything a request needs, built once per process."""
+class Generation:
+    """Everything derived from the broker YAML; replaced as a whole when the YAML changes."""
 
-    settings: Settings
     config: BrokerConfig
     broker: Broker
     callers: Authenticator
     source: UpstreamTokenSource
+    keys: JwksKeySource | None
+    loaded_at: float
+
+    async def aclose(self) -> None:
+        """Stop its background work and close its connections."""
+        await self.broker.aclose()
+        await self.source.aclose()
+        if self.keys is not None:
+            await self.keys.aclose()
+
+
+@dataclass
+class Shared:
+    """What outlives a reload: caches, Redis, limits, the issuer circuit breakers."""
+
+    settings: Settings
+    clock: Callable[[], float]
+    local: MemoryTokenCache
+    cache: TokenCache
+    lock: RefreshLock | None
     resilient: ResilientTokenSource
-    keys: JwksKeySource | None = None
+    rate_limit: CallerRateLimit
+    auth_throttle: AuthFailureThrottle
     redis: Redis | None = None
     redis_health: RedisHealth | None = None
-    rate_limit: CallerRateLimit | None = None
-    auth_throttle: AuthFailureThrottle | None = None
-    clock: Callable[[], float] = time.time
+    redis_cache: RedisTokenCache | None = None
+
+
+class Runtime:
+    """Everything a request needs: built once per process, its configuration reloadable.
+
+    Requests read the current generation through the properties below, so a reload swaps
+    it in one assignment; requests already running finish on the generation they started
+    with, which is closed only after they have had time to finish.
+    """
+
+    def __init__(self, shared: Shared, generation: Generation) -> None:
+        self.shared = shared
+        self.generation = generation
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fingerprints = self._watched()
+        self._reloading = asyncio.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        """The shared ``settings``."""
+        return self.shared.settings
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The shared ``clock``."""
+        return self.shared.clock
+
+    @property
+    def redis(self) -> Redis | None:
+        """The shared ``redis``."""
+        return self.shared.redis
+
+    @property
+    def redis_health(self) -> RedisHealth | None:
+        """The shared ``redis_health``."""
+        return self.shared.redis_health
+
+    @property
+    def rate_limit(self) -> CallerRateLimit:
+        """The shared ``rate_limit``."""
+        return self.shared.rate_limit
+
+    @property
+    def auth_throttle(self) -> AuthFailureThrottle:
+        """The shared ``auth_throttle``."""
+        return self.shared.auth_throttle
+
+    @property
+    def resilient(self) -> ResilientTokenSource:
+        """The shared ``resilient``."""
+        return self.shared.resilient
+
+    @property
+    def config(self) -> BrokerConfig:
+        """The generation ``config``."""
+        return self.generation.config
+
+    @property
+    def broker(self) -> Broker:
+        """The generation ``broker``."""
+        return self.generation.broker
+
+    @property
+    def callers(self) -> Authenticator:
+        """The generation ``callers``."""
+        return self.generation.callers
+
+    @property
+    def source(self) -> UpstreamTokenSource:
+        """The generation ``source``."""
+        return self.generation.source
+
+    @property
+    def keys(self) -> JwksKeySource | None:
+        """The generation ``keys``."""
+        return self.generation.keys
+
+    def start(self) -> None:
+        """Start background work: cross-replica invalidations and the reload watcher."""
+        if self.shared.redis is not None:
+            local = self.shared.local
+            self._spawn(
+                listen_for_invalidations(
+                    self.shared.redis,
+                    local.invalidate,
+                    retry_seconds=self.settings.redis_probe_seconds,
+                )
+            )
+        if self.settings.reload_seconds > 0:
+            self._spawn(self._watch())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def ready(self) -> dict[str, str]:
         """Dependency states: ``ok``, ``memory`` (no Redis configured) or ``degraded``.
@@ -87,70 +211,121 @@ class Runtime:
         in-process cache, so taking it out of rotation would only lose capacity.
         """
         checks = {"config": "ok", "cache": "memory"}
-        if self.redis is not None and self.redis_health is not None:
+        redis, health = self.shared.redis, self.shared.redis_health
+        if redis is not None and health is not None:
             try:
                 # A real ping, not the skip-while-down path: readiness probes drive recovery.
-                await self.redis.ping()
+                await redis.ping()
             except Exception as exc:  # noqa: BLE001 - any failure means degraded
-                self.redis_health.failed(exc)
+                health.failed(exc)
             else:
-                self.redis_health.succeeded()
-            checks["cache"] = "ok" if self.redis_health.up else "degraded"
+                health.succeeded()
+            checks["cache"] = "ok" if health.up else "degraded"
         return checks
+
+    def _watched(self) -> tuple[str, ...]:
+        # Content, not mtime: a Kubernetes volume update swaps a symlink, and editors may
+        # rewrite a file within the same second.
+        paths = [self.settings.config]
+        if self.settings.cache_keys_file is not None:
+            paths.append(self.settings.cache_keys_file)
+        return tuple(_digest(path) for path in paths)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_seconds)
+            current = await asyncio.to_thread(self._watched)
+            if current != self._fingerprints:
+                await self.reload("file changed")
+
+    async def reload(self, reason: str) -> bool:
+        """Re-read the broker YAML and the cache keys; keep the old ones if anything is wrong.
+
+        Returns whether the new configuration is in force.
+        """
+        async with self._reloading:
+            self._fingerprints = await asyncio.to_thread(self._watched)
+            settings = self.settings
+            try:
+                config = await asyncio.to_thread(load_checked, _with_fresh_files(settings))
+                cipher = _cipher(_with_fresh_files(settings))
+            except ConfigError as exc:
+                metrics.config_reloads.labels("rejected").inc()
+                log.error(  # noqa: TRY400 - the problems say it all; a traceback would not
+                    "configuration reload rejected; the previous configuration stays in force",
+                    extra={"reason": reason, "problems": exc.problems},
+                )
+                return False
+            old = self.generation
+            self.generation = _generation(self.shared, config)
+            if cipher is not None and self.shared.redis_cache is not None:
+                self.shared.redis_cache.use_cipher(cipher)
+            self.shared.resilient.reset()
+            metrics.config_reloads.labels("applied").inc()
+            log.warning(
+                "configuration reloaded",
+                extra={
+                    "reason": reason,
+                    "profiles": len(config.profiles),
+                    "callers": len(config.callers),
+                },
+            )
+            self._spawn(self._retire(old))
+            return True
+
+    async def _retire(self, old: Generation) -> None:
+        # Requests that started on the old generation may still be waiting on an exchange.
+        await asyncio.sleep(self.settings.wait_timeout_seconds)
+        await old.aclose()
 
     async def aclose(self) -> None:
         """Stop background work and close connections."""
-        await self.broker.aclose()
-        await self.source.aclose()
-        if self.keys is not None:
-            await self.keys.aclose()
-        if self.redis is not None:
-            await self.redis.aclose(close_connection_pool=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.generation.aclose()
+        if self.shared.redis is not None:
+            await self.shared.redis.aclose(close_connection_pool=True)
 
 
-def build_runtime(
-    settings: Settings, config: BrokerConfig, *, clock: Callable[[], float] = time.time
-) -> Runtime:
-    """Assemble adapters for ``settings``; call inside the event loop that will use them."""
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def _with_fresh_files(settings: Settings) -> Settings:
+    """``settings`` with its ``*_FILE`` secrets read again (they may have been rotated)."""
+    if settings.cache_keys_file is None:
+        return settings
+    try:
+        text = settings.cache_keys_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problem = f"TOKEN_BROKER_CACHE_KEYS_FILE: cannot read it ({exc.strerror})"
+        raise ConfigError([problem]) from None
+    return settings.model_copy(update={"cache_keys": SecretStr(text)})
+
+
+def _cipher(settings: Settings) -> TokenCipher | None:
+    if settings.redis_url is None or settings.cache_keys is None:
+        return None
+    try:
+        return TokenCipher(parse_cache_keys(settings.cache_keys.get_secret_value()))
+    except CacheKeyError as exc:
+        raise ConfigError([f"TOKEN_BROKER_CACHE_KEYS: {exc}"]) from None
+
+
+def _generation(shared: Shared, config: BrokerConfig) -> Generation:
+    settings, clock = shared.settings, shared.clock
     source = UpstreamTokenSource(
         config.profiles, timeout=settings.upstream_timeout_seconds, clock=clock
     )
-    local = MemoryTokenCache(clock=clock)
-    redis: Redis | None = None
-    health: RedisHealth | None = None
-    cache: TokenCache = local
-    lock = None
-    if settings.redis_url is not None:
-        assert settings.cache_keys is not None  # load_checked guarantees it
-        redis = connect_redis(settings)
-        cipher = TokenCipher(parse_cache_keys(settings.cache_keys.get_secret_value()))
-        health = RedisHealth(probe_interval=settings.redis_probe_seconds)
-        cache = TieredTokenCache(
-            local,
-            RedisTokenCache(redis, cipher, health),
-            refresh_fraction=settings.refresh_fraction,
-            clock=clock,
-        )
-        lock = RedisRefreshLock(redis, settings.lock_lease_seconds, health)
-    else:
-        log.warning(
-            "TOKEN_BROKER_REDIS_URL is unset: tokens are cached in this process only; "
-            "run a single replica"
-        )
-    resilient = ResilientTokenSource(
-        source,
-        attempts=settings.upstream_attempts,
-        deadline=settings.upstream_deadline_seconds,
-        backoff=Backoff(
-            settings.upstream_backoff_base_seconds, settings.upstream_backoff_max_seconds
-        ),
-        failure_threshold=settings.circuit_failure_threshold,
-        reset_after=settings.circuit_reset_seconds,
-    )
+    shared.resilient.inner = source
     broker = Broker(
-        cache=cache,
-        source=resilient,
-        lock=lock,
+        cache=shared.cache,
+        source=shared.resilient,
+        lock=shared.lock,
         profiles={name: p.identity for name, p in config.profiles.items()},
         clock=clock,
         refresh_fraction=settings.refresh_fraction,
@@ -172,17 +347,62 @@ def build_runtime(
         workloads = WorkloadAuthenticator(
             config.trusted_issuers, config.workloads, callers, keys, clock=clock
         )
-    return Runtime(
-        settings=settings,
+    return Generation(
         config=config,
         broker=broker,
         callers=Authenticator(ApiKeyAuthenticator(config.api_keys, callers), workloads),
         source=source,
-        resilient=resilient,
         keys=keys,
-        redis=redis,
-        redis_health=health,
+        loaded_at=time.time(),
+    )
+
+
+def build_runtime(
+    settings: Settings, config: BrokerConfig, *, clock: Callable[[], float] = time.time
+) -> Runtime:
+    """Assemble adapters for ``settings``; call inside the event loop that will use them."""
+    local = MemoryTokenCache(clock=clock)
+    redis: Redis | None = None
+    health: RedisHealth | None = None
+    redis_cache: RedisTokenCache | None = None
+    cache: TokenCache = local
+    lock: RefreshLock | None = None
+    cipher = _cipher(settings)
+    if settings.redis_url is not None:
+        assert cipher is not None  # load_checked guarantees cache keys with Redis
+        redis = connect_redis(settings)
+        health = RedisHealth(probe_interval=settings.redis_probe_seconds)
+        redis_cache = RedisTokenCache(redis, cipher, health)
+        cache = TieredTokenCache(
+            local, redis_cache, refresh_fraction=settings.refresh_fraction, clock=clock
+        )
+        lock = RedisRefreshLock(redis, settings.lock_lease_seconds, health)
+    else:
+        log.warning(
+            "TOKEN_BROKER_REDIS_URL is unset: tokens are cached in this process only; "
+            "run a single replica"
+        )
+    resilient = ResilientTokenSource(
+        None,
+        attempts=settings.upstream_attempts,
+        deadline=settings.upstream_deadline_seconds,
+        backoff=Backoff(
+            settings.upstream_backoff_base_seconds, settings.upstream_backoff_max_seconds
+        ),
+        failure_threshold=settings.circuit_failure_threshold,
+        reset_after=settings.circuit_reset_seconds,
+    )
+    shared = Shared(
+        settings=settings,
+        clock=clock,
+        local=local,
+        cache=cache,
+        lock=lock,
+        resilient=resilient,
         rate_limit=CallerRateLimit(settings.rate_limit_per_minute, redis=redis, health=health),
         auth_throttle=AuthFailureThrottle(settings.auth_failures_per_minute),
-        clock=clock,
+        redis=redis,
+        redis_health=health,
+        redis_cache=redis_cache,
     )
+    return Runtime(shared, _generation(shared, config))

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(default=30, ge=1)
     max_header_bytes: int = Field(default=8192, ge=1024)
     max_headers: int = Field(default=64, ge=8)
+    # The broker YAML and the cache keys file are checked this often and reloaded when their
+    # content changes (also on SIGHUP); 0 turns the polling off.
+    reload_seconds: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def _waiters_outlast_the_exchange(self) -> Self:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +15,7 @@ from service.api import errors
 from service.api.limits import RequestLimits
 from service.api.routes import router
 from service.logs import drain
-from service.runtime import build_runtime, load_checked
+from service.runtime import Runtime, build_runtime, load_checked
 from service.settings import Settings
 
 
@@ -28,9 +30,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, config, clock=clock)
         app.state.runtime = runtime
+        runtime.start()
+        hangup = _on_sighup(runtime)
         try:
             yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await runtime.aclose()
             drain()
 
@@ -49,6 +55,23 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         max_headers=settings.max_headers,
     )
     return app
+
+
+def _on_sighup(runtime: Runtime) -> bool:
+    """Reload the configuration on SIGHUP; False where signals cannot be handled here."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(runtime.reload("SIGHUP"))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False  # not the main thread (e.g. tests driving the app in-process)
+    return True
 
 
 def app_from_env() -> FastAPI:

@@ -44,6 +44,11 @@ class MemoryTokenCache:
             self._evict()
         self._entries[key] = (token, self._clock() + ttl)
 
+    async def invalidate(self, prefix: str) -> None:
+        """Drop every entry whose key starts with ``prefix``."""
+        for key in [k for k in self._entries if k.startswith(prefix)]:
+            del self._entries[key]
+
     def _evict(self) -> None:
         now = self._clock()
         for key in [k for k, (_, dies_at) in self._entries.items() if dies_at <= now]:
@@ -92,6 +97,11 @@ class TieredTokenCache:
         """Write through to L2, then L1 up to the refresh point."""
         await self._shared.put(key, token, ttl)
         await self._local.put(key, token, min(ttl, self._local_ttl(token)))
+
+    async def invalidate(self, prefix: str) -> None:
+        """Drop from L2 (which tells the other replicas' L1s) and from this L1."""
+        await self._shared.invalidate(prefix)
+        await self._local.invalidate(prefix)
 
     def _local_ttl(self, token: IssuedToken) -> float:
         return token.refresh_at(self._refresh_fraction) - self._clock()

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from service import metrics
 from service.cache.crypto import TokenCipher, UndecryptableError
+from service.errors import CacheUnavailable
 from service.models import IssuedToken
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("token_broker.cache")
 
 PREFIX = "token-broker:v1:"
+# Pub/sub channel on which a replica that invalidated tokens tells the others (L1 drops).
+INVALIDATIONS = PREFIX + "invalidate"
 _LOCAL_LEASE = "local"
 T = TypeVar("T")
 
@@ -118,6 +121,30 @@ class RedisTokenCache:
         self._client = client
         self._cipher = cipher
         self._health = health
+
+    def use_cipher(self, cipher: TokenCipher) -> None:
+        """Encrypt with ``cipher`` from now on (rotated cache keys, read again from their file)."""
+        self._cipher = cipher
+
+    async def invalidate(self, prefix: str) -> None:
+        """Delete the matching tokens and tell every replica to drop them from its L1.
+
+        Raises ``CacheUnavailable`` when Redis is down: the other replicas could not be told.
+        """
+        pattern = PREFIX + "token:" + prefix + "*"
+
+        async def drop() -> None:
+            names = [name async for name in self._client.scan_iter(match=pattern, count=500)]
+            if names:
+                await self._client.delete(*names)
+            await self._client.publish(INVALIDATIONS, prefix)
+
+        try:
+            await self._health.call(drop)
+        except RedisDown:
+            raise CacheUnavailable(
+                "Redis is unavailable: cached tokens were dropped in this replica only"
+            ) from None
 
     async def get(self, key: str) -> IssuedToken | None:
         """Decrypt the token under ``key``; an unreadable value or a Redis failure is a miss."""
@@ -214,3 +241,35 @@ class RedisRefreshLock:
             await self._health.call(
                 lambda: self._release(keys=[PREFIX + "lock:" + key], args=[lease])
             )
+
+
+async def listen_for_invalidations(
+    client: Redis,
+    drop: Callable[[str], Awaitable[None]],
+    *,
+    retry_seconds: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Apply other replicas' invalidations to this one's L1 until cancelled.
+
+    While Redis is down the subscription is retried every ``retry_seconds``; after it comes
+    back this replica's L1 entries are dropped too, since messages sent meanwhile are lost.
+    """
+    first = True
+    while True:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(INVALIDATIONS)
+            if not first:
+                await drop("")  # messages may have been missed while disconnected
+            first = False
+            async for message in pubsub.listen():
+                if message.get("type") == "message" and isinstance(message["data"], bytes):
+                    await drop(message["data"].decode("ascii", "replace"))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("invalidation subscription lost", extra={"reason": type(exc).__name__})
+            first = False
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await sleep(retry_seconds)

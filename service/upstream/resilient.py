@@ -31,7 +31,7 @@ class ResilientTokenSource:
 
     def __init__(
         self,
-        inner: TokenSource,
+        inner: TokenSource | None,
         *,
         attempts: int,
         deadline: float,
@@ -41,7 +41,8 @@ class ResilientTokenSource:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._inner = inner
+        # Swapped when the configuration is reloaded; breakers and history stay.
+        self.inner = inner
         self._attempts = attempts
         self._deadline = deadline
         self._backoff = backoff
@@ -50,6 +51,12 @@ class ResilientTokenSource:
         self._clock = clock
         self._sleep = sleep
         self._breakers: dict[str, CircuitBreaker] = {}
+        # profile -> (wall-clock time, outcome) of its last request to the issuer.
+        self.last_exchange: dict[str, tuple[float, str]] = {}
+
+    def reset(self) -> None:
+        """Close every circuit: after a reload a fixed profile is tried at once."""
+        self._breakers.clear()
 
     def breaker(self, profile: str) -> CircuitBreaker:
         """The profile's circuit breaker (created closed on first use)."""
@@ -102,7 +109,8 @@ class ResilientTokenSource:
         started = self._clock()
         try:
             async with asyncio.timeout(max(0.001, ends - started)):
-                token = await self._inner.fetch(profile, scopes)
+                assert self.inner is not None, "no issuer source installed"
+                token = await self.inner.fetch(profile, scopes)
         except TimeoutError:
             breaker.failure()
             self._observe(profile, breaker, started, "timeout")
@@ -123,6 +131,7 @@ class ResilientTokenSource:
         return token
 
     def _observe(self, profile: str, breaker: CircuitBreaker, started: float, outcome: str) -> None:
+        self.last_exchange[profile] = (time.time(), outcome)
         metrics.issuer_requests.labels(profile, outcome).inc()
         metrics.issuer_latency.labels(profile).observe(self._clock() - started)
         metrics.circuit_state.labels(profile).set(breaker.state)

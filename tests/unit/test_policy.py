@@ -13,7 +13,11 @@ POLICY = Policy(
         "airflow": {
             "ingestion": GrantRule("ingestion", frozenset({"read", "write"}), max_ttl=14400),
         },
-        "pods": {"ingestion": GrantRule("ingestion", frozenset({"read"}))},
+        "pods": {
+            "ingestion": GrantRule(
+                "ingestion", frozenset({"read"}), profile_scopes=frozenset({"read", "write"})
+            )
+        },
     }
 )
 AIRFLOW = Caller("airflow")
@@ -50,6 +54,21 @@ def test_scope_escalation_is_refused_naming_the_scope() -> None:
         POLICY.decide(Caller("pods"), TokenRequest(profile="ingestion", scopes=("read", "write")))
     assert info.value.status == 403
     assert info.value.error == "invalid_scope"
+
+
+def test_scope_refusal_never_repeats_unknown_scopes() -> None:
+    """Requested scopes the profile does not define are counted, never echoed."""
+    pasted = "tbk_0a1b2c3d_Zm9vYmFyYmF6cXV4cXV1eA"
+    with pytest.raises(ScopeNotGranted) as info:
+        POLICY.decide(
+            Caller("pods"), TokenRequest(profile="ingestion", scopes=("write", pasted, "x"))
+        )
+    assert info.value.description == (
+        "scopes not granted to caller 'pods': write (and 2 scopes unknown to the profile)"
+    )
+    with pytest.raises(ScopeNotGranted, match=r"1 scope unknown to the profile$") as info:
+        POLICY.decide(Caller("pods"), TokenRequest(profile="ingestion", scopes=(pasted,)))
+    assert pasted not in info.value.description
 
 
 def test_min_ttl_above_max_ttl_is_invalid() -> None:
