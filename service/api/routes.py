@@ -19,7 +19,6 @@ from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, Token
 from service.callers.authenticator import JWT_BEARER_ASSERTION
 from service.durations import parse_duration
 from service.errors import (
-    AccessDenied,
     BrokerError,
     InvalidClient,
     InvalidRequest,
@@ -328,18 +327,20 @@ def _client_secret(header: str | None, form: dict[str, str]) -> tuple[str, str]:
 
 
 def _pick_profile(rt: Runtime, caller: Caller, target: str | None) -> str:
+    # A profile the caller holds no grant for is returned as is: policy refuses it in
+    # ``_issue``, which audits and counts the refusal like any other.
     granted = rt.config.policy.profiles_for(caller)
     if target is None:
-        if len(granted) == 1:
-            return granted[0]
-        raise InvalidRequest("caller holds several grants; name one with resource=<profile>")
+        if len(granted) > 1:
+            raise InvalidRequest("caller holds several grants; name one with resource=<profile>")
+        return granted[0] if granted else ""
     if target in rt.config.profiles:
         return target
     for name in granted:
         spec = rt.config.profiles[name].spec
         if target in {spec.audience, spec.resource}:
             return name
-    raise AccessDenied("no granted profile matches the requested resource")
+    return target
 
 
 @router.get("/healthz", responses={200: {"description": "The process is alive."}})

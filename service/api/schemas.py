@@ -18,7 +18,9 @@ class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: Name
-    scopes: list[ScopeToken] | None = Field(default=None, max_length=32)
+    # An empty list would send no scope at all, and an issuer may then apply default scopes
+    # wider than the grant: omit the field to get the grant's scopes.
+    scopes: list[ScopeToken] | None = Field(default=None, min_length=1, max_length=32)
     min_ttl: StrictInt | str = Field(
         default=0,
         description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",

@@ -61,3 +61,33 @@ async def test_denial_line_carries_labels_and_reason(
     assert line["reason"] == "invalid_scope"
     assert line["labels"] == LABELS
     assert line["fingerprint"] is None
+
+
+@pytest.mark.parametrize(
+    ("caller", "form"),
+    [("idle", {}), ("reader", {"resource": "urn:not-a-profile-of-reader"})],
+    ids=["no-grant-no-resource", "unmatched-resource"],
+)
+async def test_facade_refusals_are_403_and_audited(
+    files: BrokerFiles, caplog: pytest.LogCaptureFixture, caller: str, form: dict[str, str]
+) -> None:
+    """/oauth2/token for a caller without a matching grant: 403, one audited denial."""
+    caplog.set_level(logging.INFO)
+    async with running_broker(files.settings()) as client:
+        response = await client.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": caller,
+                "client_secret": files.keys[caller],
+                **form,
+            },
+        )
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "unauthorized_client"
+    (line,) = [entry for entry in audit_lines(caplog) if entry["outcome"] == "denied"]
+    assert line["caller"] == caller
+    assert line["profile"] == "(unknown)"
+    assert line["reason"] == "unauthorized_client"
+    rendered = "".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "not-a-profile" not in rendered  # caller input never reaches the log

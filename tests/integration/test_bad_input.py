@@ -266,6 +266,13 @@ V1_CASES = [
     Case("v1-json-array", V1, v1_json(["ingestion"]), 400, "invalid_request"),
     Case("v1-json-string", V1, v1_json("ingestion"), 400, "invalid_request"),
     Case("v1-json-null", V1, v1_json(None), 400, "invalid_request"),
+    Case(
+        "v1-empty-scopes",
+        V1,
+        v1_json({"profile": "ingestion", "scopes": []}),
+        400,
+        "invalid_request",
+    ),
     Case("v1-empty-body", V1, v1_raw(b""), 400, "invalid_request"),
     Case(
         "v1-form-content-type",
