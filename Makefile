@@ -6,13 +6,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps node-deps lint typecheck test unit interop demo clean
+.PHONY: help install system-deps node-deps lint typecheck test unit interop demo soak lock clean
 
 help:
 	@echo "make demo   - start an identity provider and the broker, fetch a token twice via the CLI"
 	@echo "make test   - install everything, then ruff, mypy --strict and the whole pytest suite"
 	@echo "make interop - the real OpenMetadata metadata CLI under token-broker exec / sidecar"
 	@echo "               (builds the cached .interop/venv when tests/interop/*.txt changed)"
+	@echo "make soak   - replicas + Redis + issuer under load with an issuer outage and a Redis crash"
+	@echo "               (not in test/CI; SOAK_ARGS=\"--duration 60 --clients 50\"; see scripts/soak.py)"
+	@echo "make lock   - regenerate requirements.lock, the image's hashed runtime pins (LOCK_ARGS=--upgrade)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,5 +57,22 @@ interop: install node-deps
 demo: install system-deps
 	$(PY) -m scripts.demo
 
+# Not part of `make test` or CI: minutes of load; summary in .soak/latest.json, exit 1 on any failure.
+soak: install node-deps
+	$(PY) -m scripts.soak $(SOAK_ARGS)
+
+# requirements.lock: the container image's runtime dependencies, exact pins with the hash of
+# every file, resolved for CPython 3.11 on Linux by a pinned uv in a throwaway venv. Existing
+# pins are kept; `make lock LOCK_ARGS=--upgrade` moves everything to the newest release.
+UV_VERSION := 0.13.9
+LOCK_COMMAND := uv pip compile pyproject.toml --python-version 3.11 --python-platform linux --generate-hashes
+lock:
+	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install --quiet "uv==$(UV_VERSION)"; \
+	"$$tmp/venv/bin/"$(LOCK_COMMAND) $(LOCK_ARGS) --quiet \
+	  --custom-compile-command "make lock  # uv $(UV_VERSION): $(LOCK_COMMAND)" \
+	  --output-file requirements.lock
+
 clean:
-	rm -rf $(VENV) .interop tests/idp/node_modules .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .interop tests/idp/node_modules .demo .soak .mypy_cache .ruff_cache .pytest_cache

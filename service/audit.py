@@ -55,3 +55,22 @@ def record(
             "client": client,
         },
     )
+
+
+def admin(
+    action: str, *, caller: str, profile: str | None, outcome: str, client: str | None
+) -> None:
+    """Write one audit line for an admin API call, allowed or not."""
+    log.info(
+        "admin %s %s",
+        action,
+        outcome,
+        extra={
+            "event": "admin",
+            "action": action,
+            "outcome": outcome,
+            "caller": caller,
+            "profile": profile,
+            "client": client,
+        },
+    )

@@ -83,8 +83,12 @@ class Broker:
         max_skew: float = 30.0,
         wait_timeout: float = 15.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_waiters: Callable[[int], None] | None = None,
     ) -> None:
         self._cache = cache
+        # Told the number of requests waiting on another's exchange (a metrics gauge).
+        self._on_waiters = on_waiters or (lambda _: None)
+        self._waiting = 0
         self._source = source
         # profile name -> stable identity of the OIDC client (issuer, client id, audience...).
         self._profiles = profiles
@@ -191,17 +195,24 @@ class Broker:
 
     async def _single_flight(self, key: str, grant: Grant, accept: Accept) -> Issued:
         flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._fetch_shared(key, grant, accept))
-            self._flights[key] = flight
+        if flight is not None:  # join the exchange already under way
+            self._waiting += 1
+            self._on_waiters(self._waiting)
+            try:
+                return await asyncio.shield(flight)
+            finally:
+                self._waiting -= 1
+                self._on_waiters(self._waiting)
+        flight = asyncio.ensure_future(self._fetch_shared(key, grant, accept))
+        self._flights[key] = flight
 
-            def forget(done: asyncio.Future[Issued]) -> None:
-                if self._flights.get(key) is done:
-                    del self._flights[key]
-                if not done.cancelled():
-                    done.exception()  # mark retrieved: joiners may all have gone away
+        def forget(done: asyncio.Future[Issued]) -> None:
+            if self._flights.get(key) is done:
+                del self._flights[key]
+            if not done.cancelled():
+                done.exception()  # mark retrieved: joiners may all have gone away
 
-            flight.add_done_callback(forget)
+        flight.add_done_callback(forget)
         # Shielded: a caller that disconnects must not cancel the exchange others wait on.
         return await asyncio.shield(flight)
 

@@ -8,6 +8,7 @@ of defence: the code never logs those on purpose.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import logging
 import logging.handlers
 import queue
@@ -30,6 +31,22 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "taskName",
     "color_message",
 }
+
+
+# The id of the request being served, set by the HTTP layer; every record logged while it is
+# being served carries it, so one request's lines can be picked out of many replicas' logs.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to records logged while a request is being served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag ``record``; never drops it."""
+        rid = REQUEST_ID.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
 
 
 def scrub(text: str) -> str:
@@ -85,7 +102,10 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(logging.handlers.QueueHandler(log_queue))
+    queue_handler = logging.handlers.QueueHandler(log_queue)
+    # Runs in the logging thread of the request, where the context variable is set.
+    queue_handler.addFilter(RequestIdFilter())
+    root.addHandler(queue_handler)
     root.setLevel(level.upper())
     listener.start()
     if _listener is None and _direct is None:

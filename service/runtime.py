@@ -124,6 +124,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fingerprints = self._watched()
         self._reloading = asyncio.Lock()
+        self._retiring: list[Generation] = []
 
     @property
     def settings(self) -> Settings:
@@ -275,7 +276,9 @@ class Runtime:
 
     async def _retire(self, old: Generation) -> None:
         # Requests that started on the old generation may still be waiting on an exchange.
+        self._retiring.append(old)
         await asyncio.sleep(self.settings.wait_timeout_seconds)
+        self._retiring.remove(old)
         await old.aclose()
 
     async def aclose(self) -> None:
@@ -283,7 +286,8 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.generation.aclose()
+        for generation in [*self._retiring, self.generation]:
+            await generation.aclose()
         if self.shared.redis is not None:
             await self.shared.redis.aclose(close_connection_pool=True)
 
@@ -331,6 +335,7 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
         refresh_fraction=settings.refresh_fraction,
         max_skew=settings.max_skew_seconds,
         wait_timeout=settings.wait_timeout_seconds,
+        on_waiters=metrics.singleflight_waiters.set,
     )
     callers = {
         name: Caller(name=name, roles=frozenset(spec.roles))

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # The broker YAML and the cache keys file are checked this often and reloaded when their
     # content changes (also on SIGHUP); 0 turns the polling off.
     reload_seconds: float = Field(default=5.0, ge=0)
+    # Benchmarks only: adds POST /bench/bare, the same request parsing and response size as
+    # POST /v1/token with none of its work, to measure the broker against.
+    bench_endpoints: bool = False
 
     @model_validator(mode="after")
     def _waiters_outlast_the_exchange(self) -> Self:

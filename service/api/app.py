@@ -12,6 +12,8 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import errors
+from service.api.admin import router as admin_router
+from service.api.bench import router as bench_router
 from service.api.limits import RequestLimits
 from service.api.routes import router
 from service.logs import drain
@@ -47,6 +49,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(admin_router)
+    if settings.bench_endpoints:
+        app.include_router(bench_router)
     errors.install(app)
     app.add_middleware(
         RequestLimits,

@@ -1,15 +1,23 @@
-"""Request size limits as plain ASGI middleware (no body buffering, no extra layers)."""
+"""Request ids and size limits as one plain ASGI middleware (no body buffering, no extra layers)."""
 
 from __future__ import annotations
+
+import re
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.errors import RequestTooLarge
+from service.logs import REQUEST_ID
+
+# A caller's X-Request-ID is kept only when it is short and plain: it goes into every log line.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
 class RequestLimits:
-    """Refuse oversized requests before any route runs.
+    """Tag each request with an id (``X-Request-ID``, in logs and in the response) and refuse
+    oversized requests before any route runs.
 
     Headers: more than ``max_headers`` of them or ``max_header_bytes`` in all is a 431.
     Body: over ``max_bytes`` by ``Content-Length`` up front, else while reading, is a 413.
@@ -28,6 +36,23 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = scope["headers"]
+        rid = next((v for k, v in headers if k == b"x-request-id"), b"")
+        request_id = rid.decode() if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+        reset = REQUEST_ID.set(request_id)
+        raw_id = request_id.encode()
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            await send(message)
+
+        try:
+            await self._limited(scope, receive, tagged)
+        finally:
+            REQUEST_ID.reset(reset)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         if len(headers) > self.max_headers or (
             sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes

@@ -29,7 +29,7 @@ from service.runtime import Runtime
 
 router = APIRouter()
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
         400: "Malformed request (invalid_request, unsupported_grant_type).",
@@ -67,12 +67,12 @@ async def bearer_caller(
 
 def _throttle(rt: Runtime, request: Request) -> None:
     if rt.auth_throttle is not None:
-        rt.auth_throttle.check(_peer(request))
+        rt.auth_throttle.check(client_address(request))
 
 
 def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient) -> None:
     if rt.auth_throttle is not None:
-        rt.auth_throttle.failed(_peer(request))
+        rt.auth_throttle.failed(client_address(request))
     # The description names what was wrong (expired, wrong audience...), never the credential.
     audit.record(
         "denied",
@@ -80,7 +80,7 @@ def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient) -> None:
         profile=None,
         reason=exc.error,
         detail=exc.description,
-        client=_peer(request),
+        client=client_address(request),
     )
 
 
@@ -93,7 +93,8 @@ def _bearer_credential(authorization: str | None) -> str:
     return credential.strip()
 
 
-def _peer(request: Request) -> str | None:
+def client_address(request: Request) -> str | None:
+    """The peer address (or the one uvicorn took from trusted proxy headers)."""
     return request.client.host if request.client else None
 
 
@@ -150,7 +151,7 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
 @router.post(
     "/v1/token",
     response_model=TokenResponse,
-    responses=_ERRORS,
+    responses=ERROR_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -175,7 +176,7 @@ async def v1_token(request: Request, caller: Annotated[Caller, Depends(bearer_ca
         labels=body.labels,
     )
     rt = runtime(request)
-    issued = await _issue(rt, caller, token_request, _peer(request))
+    issued = await _issue(rt, caller, token_request, client_address(request))
     grant_max = rt.config.policy.rule(caller.name, body.profile)
     token = issued.token
     now = rt.clock()
@@ -212,7 +213,7 @@ _FORM_SCHEMA = {
 @router.post(
     "/oauth2/token",
     response_model=OAuth2TokenResponse,
-    responses=_ERRORS,
+    responses=ERROR_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -257,7 +258,7 @@ async def _oauth2_token(request: Request) -> Response:
         scopes=tuple(scope.split()) if scope else None,
         min_ttl=min_ttl,
     )
-    issued = await _issue(rt, caller, token_request, _peer(request))
+    issued = await _issue(rt, caller, token_request, client_address(request))
     token = issued.token
     return _json(
         {

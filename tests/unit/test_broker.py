@@ -80,6 +80,22 @@ async def test_concurrent_misses_share_one_exchange() -> None:
     assert {i.token.access_token for i in issued} == {"tok-1"}
 
 
+async def test_waiters_are_reported_while_they_wait_and_cleared_after() -> None:
+    """Joiners of an exchange under way are counted up, then back to zero when it ends."""
+    clock = FakeClock()
+    source = CountingSource(clock)
+    source.gate = asyncio.Event()
+    seen: list[int] = []
+    broker = _broker(clock, source, MemoryTokenCache(clock=clock), on_waiters=seen.append)
+    waiting = [asyncio.create_task(broker.issue(GRANT)) for _ in range(5)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert max(seen) == 4  # the first request exchanges, four join it
+    source.gate.set()
+    await asyncio.gather(*waiting)
+    assert seen[-1] == 0
+
+
 async def test_refresh_ahead_returns_old_token_and_refreshes_once() -> None:
     """Past the refresh point, callers keep the old token while one background refresh runs."""
     clock = FakeClock()

@@ -1,0 +1,1 @@
+"""Deployment artefacts: the Dockerfile, requirements.lock, the Helm chart and its dashboard."""
