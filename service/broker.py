@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -102,6 +103,8 @@ class Broker:
         self._background: set[asyncio.Task[None]] = set()
         # (profile, scopes) behind each key handed out here: for the admin view only.
         self._seen: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # key -> time before which no new background refresh starts (after one failed).
+        self._refresh_paused: dict[str, float] = {}
 
     def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
         """Cache key of a token: ``<profile prefix><hash of identity and sorted scopes>``.
@@ -173,7 +176,7 @@ class Broker:
             raise TokenLifetimeTooShort(grant.profile, token.lifetime, grant.min_ttl)
 
     def _refresh_in_background(self, key: str, grant: Grant) -> None:
-        if key in self._flights:
+        if key in self._flights or self._clock() < self._refresh_paused.get(key, 0.0):
             return
 
         def fresh(token: IssuedToken) -> bool:
@@ -184,11 +187,25 @@ class Broker:
             try:
                 await self._single_flight(key, grant, fresh)
             except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the loop
+                # Every request past the refresh point would start another one: wait as long
+                # as the failure says (an open circuit's Retry-After) before trying again.
+                pause = float(getattr(exc, "retry_after", 1))
+                self._refresh_paused[key] = self._clock() + pause
+                if len(self._refresh_paused) > MAX_SEEN:
+                    self._refresh_paused.clear()
                 log.warning(
                     "background refresh failed",
-                    extra={"profile": grant.profile, "error": type(exc).__name__},
+                    extra={
+                        "profile": grant.profile,
+                        "error": type(exc).__name__,
+                        "retry_in": pause,
+                    },
                 )
+            else:
+                self._refresh_paused.pop(key, None)
 
+        # Paused until this refresh reports: no second one starts in between.
+        self._refresh_paused[key] = math.inf
         task = asyncio.create_task(refresh())
         self._background.add(task)
         task.add_done_callback(self._background.discard)

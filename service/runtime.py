@@ -188,12 +188,12 @@ class Runtime:
 
     def start(self) -> None:
         """Start background work: cross-replica invalidations and the reload watcher."""
-        if self.shared.redis is not None:
-            local = self.shared.local
+        cache = self.shared.cache
+        if self.shared.redis is not None and isinstance(cache, TieredTokenCache):
             self._spawn(
                 listen_for_invalidations(
                     self.shared.redis,
-                    local.invalidate,
+                    cache.drop_local,
                     retry_seconds=self.settings.redis_probe_seconds,
                 )
             )
@@ -378,9 +378,14 @@ def build_runtime(
         redis = connect_redis(settings)
         health = RedisHealth(probe_interval=settings.redis_probe_seconds)
         redis_cache = RedisTokenCache(redis, cipher, health)
-        cache = TieredTokenCache(
-            local, redis_cache, refresh_fraction=settings.refresh_fraction, clock=clock
+        tiered = TieredTokenCache(
+            local,
+            redis_cache,
+            refresh_fraction=settings.refresh_fraction,
+            clock=clock,
+            shared_up=lambda: health.up,
         )
+        cache = tiered
         lock = RedisRefreshLock(redis, settings.lock_lease_seconds, health)
     else:
         log.warning(

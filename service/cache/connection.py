@@ -36,6 +36,7 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.settings import Settings
 
@@ -251,6 +252,11 @@ def connect_redis(settings: Settings) -> Redis:
         "timeout": settings.redis_timeout_seconds,
         "db": target.db,
         "health_check_interval": _HEALTH_CHECK_SECONDS,
+        # One immediate retry on a fresh connection when a pooled one turns out dead (Redis
+        # restarted): without it every stale connection costs a request a degraded answer.
+        # Timeouts are not retried: a hung Redis would only double the wait.
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError],
         **timeouts,
         **tls,
         **credentials,

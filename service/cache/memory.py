@@ -58,11 +58,14 @@ class MemoryTokenCache:
 
 
 class TieredTokenCache:
-    """An in-process L1 in front of a shared L2.
+    """An in-process L1 in front of a shared L2, and a fallback for when L2 is down.
 
     L1 entries never outlive the token's refresh point, so a token refreshed by another
     replica reaches this one no later than that point, and refresh-ahead still triggers
-    from the L2 copy.
+    from the L2 copy. The fallback keeps every token this replica has seen until it
+    expires, and is read only while L2 is unreachable: then a token with life left still
+    serves even when the issuer is down too. (The broker never hands out a token with less
+    than its skew or the caller's ``min_ttl`` left, whichever layer it comes from.)
     """
 
     def __init__(
@@ -72,14 +75,17 @@ class TieredTokenCache:
         *,
         refresh_fraction: float,
         clock: Callable[[], float] = time.time,
+        shared_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self._local = local
         self._shared = shared
+        self._fallback = MemoryTokenCache(clock=clock)
         self._refresh_fraction = refresh_fraction
         self._clock = clock
+        self._shared_up = shared_up
 
     async def get(self, key: str) -> IssuedToken | None:
-        """L1 first, then L2 (copying a still-fresh L2 hit into L1)."""
+        """L1 first, then L2 (copying a still-fresh L2 hit into L1), then the fallback."""
         token = await self._local.get(key)
         if token is not None:
             metrics.cache_lookups.labels("local", "hit").inc()
@@ -88,20 +94,32 @@ class TieredTokenCache:
         token = await self._shared.get(key)
         if token is not None:
             metrics.cache_lookups.labels("redis", "hit").inc()
-            await self._local.put(key, token, self._local_ttl(token))
-        else:
-            metrics.cache_lookups.labels("redis", "miss").inc()
+            await self._keep(key, token, token.remaining(self._clock()))
+            return token
+        metrics.cache_lookups.labels("redis", "miss").inc()
+        if not self._shared_up():
+            token = await self._fallback.get(key)
+            metrics.cache_lookups.labels("fallback", "miss" if token is None else "hit").inc()
         return token
 
     async def put(self, key: str, token: IssuedToken, ttl: float) -> None:
         """Write through to L2, then L1 up to the refresh point."""
         await self._shared.put(key, token, ttl)
-        await self._local.put(key, token, min(ttl, self._local_ttl(token)))
+        await self._keep(key, token, ttl)
 
     async def invalidate(self, prefix: str) -> None:
-        """Drop from L2 (which tells the other replicas' L1s) and from this L1."""
+        """Drop from L2 (which tells the other replicas) and from this replica."""
         await self._shared.invalidate(prefix)
+        await self.drop_local(prefix)
+
+    async def drop_local(self, prefix: str) -> None:
+        """Drop from this replica's L1 and fallback (another replica invalidated)."""
         await self._local.invalidate(prefix)
+        await self._fallback.invalidate(prefix)
+
+    async def _keep(self, key: str, token: IssuedToken, ttl: float) -> None:
+        await self._local.put(key, token, min(ttl, self._local_ttl(token)))
+        await self._fallback.put(key, token, ttl)
 
     def _local_ttl(self, token: IssuedToken) -> float:
         return token.refresh_at(self._refresh_fraction) - self._clock()

@@ -36,6 +36,7 @@ log = logging.getLogger("token_broker.cache")
 PREFIX = "token-broker:v1:"
 # Pub/sub channel on which a replica that invalidated tokens tells the others (L1 drops).
 INVALIDATIONS = PREFIX + "invalidate"
+INVALIDATION_COUNT = PREFIX + "invalidations"
 _LOCAL_LEASE = "local"
 T = TypeVar("T")
 
@@ -137,6 +138,8 @@ class RedisTokenCache:
             names = [name async for name in self._client.scan_iter(match=pattern, count=500)]
             if names:
                 await self._client.delete(*names)
+            # Counted, so a replica that was disconnected can tell whether it missed any.
+            await self._client.incr(INVALIDATION_COUNT)
             await self._client.publish(INVALIDATIONS, prefix)
 
         try:
@@ -252,23 +255,27 @@ async def listen_for_invalidations(
 ) -> None:
     """Apply other replicas' invalidations to this one's L1 until cancelled.
 
-    While Redis is down the subscription is retried every ``retry_seconds``; after it comes
-    back this replica's L1 entries are dropped too, since messages sent meanwhile are lost.
+    While Redis is down the subscription is retried every ``retry_seconds``. Each
+    invalidation also counts in Redis; on resubscribing, a count other than the one this
+    replica expects means messages were missed, and its whole L1 is dropped. A Redis that
+    restarted empty with nothing missed leaves the L1 alone: dropping it would send every
+    replica to the issuer at the same moment.
     """
-    first = True
+    expected: int | None = None
     while True:
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(INVALIDATIONS)
-            if not first:
-                await drop("")  # messages may have been missed while disconnected
-            first = False
+            count = int(await client.get(INVALIDATION_COUNT) or 0)
+            if expected is not None and count != expected:
+                await drop("")
+            expected = count
             async for message in pubsub.listen():
                 if message.get("type") == "message" and isinstance(message["data"], bytes):
+                    expected += 1
                     await drop(message["data"].decode("ascii", "replace"))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError, ValueError) as exc:
             log.debug("invalidation subscription lost", extra={"reason": type(exc).__name__})
-            first = False
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING
 
 from service import metrics
 from service.errors import UpstreamError, UpstreamUnavailable
-from service.resilience import Backoff, CircuitBreaker, CircuitOpen, whole_seconds
+from service.resilience import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    whole_seconds,
+)
 
 if TYPE_CHECKING:
     from service.broker import TokenSource
     from service.models import IssuedToken
 
 log = logging.getLogger("token_broker.upstream")
+# How often a request checks whether a half-open circuit's probe has answered.
+PROBE_POLL = 0.05
 
 
 class ResilientTokenSource:
@@ -78,6 +86,13 @@ class ResilientTokenSource:
             try:
                 breaker.before_call()
             except CircuitOpen as exc:
+                if breaker.state is CircuitState.HALF_OPEN and self._clock() + PROBE_POLL < ends:
+                    # Another request is the probe: its answer decides, so wait for it rather
+                    # than refuse (after an outage this replica may have no other traffic
+                    # to the issuer to close the circuit with).
+                    attempt -= 1
+                    await self._sleep(PROBE_POLL)
+                    continue
                 metrics.circuit_rejections.labels(profile).inc()
                 metrics.circuit_state.labels(profile).set(breaker.state)
                 raise UpstreamUnavailable(

@@ -314,3 +314,47 @@ async def test_metrics_count_handouts_by_configured_names_only(
     assert "made-up-profile" not in text
     assert _value(text, 'token_broker_cache_lookups_total{layer="local",result="hit"}') >= 1
     assert _value(text, "token_broker_redis_up") == 1
+
+
+async def test_redis_and_issuer_down_together_still_serve_a_token_with_life_left(
+    files: BrokerFiles, issuer: OidcProvider, own_redis: RedisServer
+) -> None:
+    """Past the L1 refresh point with Redis gone and the issuer failing, a token that still
+    satisfies min_ttl is served from the replica's fallback; once it does not, 503.
+    """
+    clock = Clock()
+    key = files.keys["airflow"]
+    async with running_broker(files.settings(own_redis.url, **FAST), clock=clock) as client:
+        first = (await _token(client, key)).json()["access_token"]
+        await asyncio.to_thread(own_redis.kill)
+        issuer.proxy.set_fault("error503")
+        clock.advance(2500)  # past the refresh point: L1 is empty, L2 unreachable
+        served = await _token(client, key, min_ttl=600)
+        clock.advance(600)  # 500 s left
+        refused = await _token(client, key, min_ttl=600)
+    assert served.status_code == 200, served.text
+    assert served.json()["access_token"] == first
+    assert refused.status_code == 503
+
+
+async def test_redis_restarted_empty_does_not_empty_the_replicas_l1(
+    files: BrokerFiles, issuer: OidcProvider, own_redis: RedisServer
+) -> None:
+    """No invalidation was missed while Redis was away: the L1 keeps serving after it returns,
+    so replicas do not all go to the issuer at once.
+    """
+    key = files.keys["airflow"]
+    async with running_broker(files.settings(own_redis.url, **FAST)) as client:
+        first = (await _token(client, key)).json()["access_token"]
+        await asyncio.to_thread(own_redis.kill)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_redis.start)
+        for _ in range(50):  # until the replica has re-subscribed and Redis answers
+            if await _ready(client) == "ready":
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # > redis_probe_seconds: the listener is back
+        again = await _token(client, key)
+    assert again.json()["access_token"] == first
+    assert again.headers["token-broker-source"] == "cache"
+    assert issuer.proxy.token_requests == 1

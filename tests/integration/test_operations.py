@@ -295,7 +295,7 @@ async def test_metric_names_follow_conventions_and_labels_come_from_config(
     allowed = {
         "ingestion", "(unknown)", "issued", "denied", "error", "ok", "refused", "unavailable",
         "timeout", "local", "redis", "hit", "miss", "caller", "auth_failures", "applied",
-        "rejected", "list_profiles", "invalidate", "other",
+        "rejected", "list_profiles", "invalidate", "other", "fallback",
     }  # fmt: skip
     for name, labels in samples:
         for label, value in re.findall(r'(\w+)="([^"]*)"', labels):

@@ -96,6 +96,26 @@ async def test_waiters_are_reported_while_they_wait_and_cleared_after() -> None:
     assert seen[-1] == 0
 
 
+async def test_a_failed_background_refresh_is_not_retried_before_its_retry_after() -> None:
+    """After a refresh fails with Retry-After 5, requests in the next 5 s start no refresh."""
+    clock = FakeClock()
+    source = CountingSource(clock)
+    broker = _broker(clock, source, MemoryTokenCache(clock=clock))
+    await broker.issue(GRANT)
+    clock.now += 2401  # past the refresh point
+    source.fail = True
+    for _ in range(10):
+        await broker.issue(GRANT)
+        await asyncio.sleep(0)
+    assert source.calls == 2  # the first issue, then one failed refresh
+    clock.now += 5
+    source.fail = False
+    await broker.issue(GRANT)
+    await asyncio.sleep(0.01)
+    assert source.calls == 3
+    await broker.aclose()
+
+
 async def test_refresh_ahead_returns_old_token_and_refreshes_once() -> None:
     """Past the refresh point, callers keep the old token while one background refresh runs."""
     clock = FakeClock()

@@ -250,3 +250,47 @@ async def test_a_hanging_issuer_is_cut_off_at_the_deadline() -> None:
     )
     with pytest.raises(UpstreamUnavailable, match="did not answer in time"):
         await asyncio.wait_for(wrapped.fetch("p", ()), timeout=5)
+
+
+async def test_a_request_during_a_half_open_probe_waits_for_its_answer() -> None:
+    """Half-open: the probe goes; a concurrent request waits for it and then succeeds too."""
+    clock = Clock()
+    gate = asyncio.Event()
+
+    class Gated(ScriptedSource):
+        async def fetch(self, profile: str, scopes: tuple[str, ...]) -> IssuedToken:
+            if self.calls == 0:
+                self.calls += 1
+                await gate.wait()
+                return IssuedToken("probe", "Bearer", 0.0, 3600.0, "")
+            return await super().fetch(profile, scopes)
+
+    source = Gated()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    wrapped = ResilientTokenSource(
+        source,
+        attempts=3,
+        deadline=20.0,
+        backoff=Backoff(0.2, 5.0),
+        failure_threshold=1,
+        reset_after=30.0,
+        clock=clock,
+        sleep=sleep,
+    )
+    breaker = wrapped.breaker("p")
+    breaker.failure()
+    clock.now += 30  # half-open: one probe may go
+    probe = asyncio.create_task(wrapped.fetch("p", ()))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(wrapped.fetch("p", ("read",)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not follower.done()  # waiting on the probe, not refused
+    gate.set()
+    assert (await probe).access_token == "probe"
+    assert (await follower).scope == "read"
+    assert state(breaker) is CircuitState.CLOSED
