@@ -125,10 +125,14 @@ class WorkloadSpec(_Strict):
     )
 
 
+KeyHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class CallerSpec(_Strict):
     """Who may ask, how they prove it, and what they may get."""
 
-    api_key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    # One hash, or a list while a key is being rotated (the old and the new key both work).
+    api_key_sha256: KeyHash | list[KeyHash] | None = None
     kubernetes: KubernetesSpec | None = None
     workload: WorkloadSpec | None = None
     roles: list[Literal["admin"]] = Field(default_factory=list)
@@ -285,10 +289,13 @@ def parse_config(
         where = f"callers.{name}"
         if caller.api_key_sha256 is None and caller.kubernetes is None and caller.workload is None:
             problems.append(f"{where}: needs a credential (api_key_sha256, kubernetes or workload)")
-        if caller.api_key_sha256 is not None:
-            other = api_keys.setdefault(caller.api_key_sha256, name)
+        hashes = caller.api_key_sha256
+        for digest in [hashes] if isinstance(hashes, str) else hashes or []:
+            other = api_keys.setdefault(digest, name)
             if other != name:
                 problems.append(f"{where}.api_key_sha256: same key hash as caller '{other}'")
+        if isinstance(hashes, list) and not hashes:
+            problems.append(f"{where}.api_key_sha256: an empty list admits no key")
         workloads += _bindings(where, name, caller, issuer_specs, problems)
         rules[name] = _grants(where, caller, profile_specs, problems)
     _check_unique_bindings(workloads, problems)

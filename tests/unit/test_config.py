@@ -128,6 +128,19 @@ def test_valid_config_loads_profiles_policy_and_key_index(
     assert config.policy.profiles_for(Caller("reader")) == ("ingestion",)
 
 
+def test_a_caller_may_hold_two_key_hashes_while_rotating(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """api_key_sha256 as a list: both keys map to the caller; an empty list is a problem."""
+    document = good_document()
+    document["callers"]["airflow"]["api_key_sha256"] = [sha(AIRFLOW_KEY), sha("next-key")]
+    config = parse_config(document, base_dir=tmp_path)
+    assert config.api_keys[sha(AIRFLOW_KEY)] == "airflow"
+    assert config.api_keys[sha("next-key")] == "airflow"
+    document["callers"]["airflow"]["api_key_sha256"] = []
+    assert has(problems_of(document, tmp_path), "callers.airflow.api_key_sha256", "empty list")
+
+
 def test_load_config_reads_yaml_relative_to_its_directory(
     tmp_path: Path, secret_file: Path
 ) -> None:
