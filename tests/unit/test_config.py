@@ -128,9 +128,7 @@ def test_valid_config_loads_profiles_policy_and_key_index(
     assert config.policy.profiles_for(Caller("reader")) == ("ingestion",)
 
 
-def test_a_caller_may_hold_two_key_hashes_while_rotating(
-    tmp_path: Path, secret_file: Path
-) -> None:
+def test_a_caller_may_hold_two_key_hashes_while_rotating(tmp_path: Path, secret_file: Path) -> None:
     """api_key_sha256 as a list: both keys map to the caller; an empty list is a problem."""
     document = good_document()
     document["callers"]["airflow"]["api_key_sha256"] = [sha(AIRFLOW_KEY), sha("next-key")]
