@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps node-deps lint typecheck test unit interop demo soak lock clean
+.PHONY: help install system-deps node-deps lint typecheck test unit interop demo soak bench lock clean
 
 help:
 	@echo "make demo   - start an identity provider and the broker, fetch a token twice via the CLI"
@@ -15,6 +15,8 @@ help:
 	@echo "               (builds the cached .interop/venv when tests/interop/*.txt changed)"
 	@echo "make soak   - replicas + Redis + issuer under load with an issuer outage and a Redis crash"
 	@echo "               (not in test/CI; SOAK_ARGS=\"--duration 60 --clients 50\"; see scripts/soak.py)"
+	@echo "make bench  - loopback benchmark: cached hand-out vs bare endpoint (wrk), issuer calls, memory"
+	@echo "               (not in test/CI; BENCH_ARGS=--quick; writes bench/results/latest.{json,md})"
 	@echo "make lock   - regenerate requirements.lock, the image's hashed runtime pins (LOCK_ARGS=--upgrade)"
 
 $(STAMP): pyproject.toml
@@ -35,8 +37,8 @@ node-deps: install system-deps
 	$(PY) -c "from tests.support.processes import ensure_node_modules; ensure_node_modules()"
 
 lint: install
-	$(VENV)/bin/ruff check service tests scripts
-	$(VENV)/bin/ruff format --check service tests scripts
+	$(VENV)/bin/ruff check service tests scripts bench
+	$(VENV)/bin/ruff format --check service tests scripts bench
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -60,6 +62,12 @@ demo: install system-deps
 # Not part of `make test` or CI: minutes of load; summary in .soak/latest.json, exit 1 on any failure.
 soak: install node-deps
 	$(PY) -m scripts.soak $(SOAK_ARGS)
+
+# Not part of `make test` or CI: ~8 minutes (BENCH_ARGS=--quick: ~4) of loopback load with wrk
+# (a Debian package, installed here only when missing); see bench/README.md.
+bench: install node-deps
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # requirements.lock: the container image's runtime dependencies, exact pins with the hash of
 # every file, resolved for CPython 3.11 on Linux by a pinned uv in a throwaway venv. Existing

@@ -105,6 +105,8 @@ class Broker:
         self._seen: dict[str, tuple[str, tuple[str, ...]]] = {}
         # key -> time before which no new background refresh starts (after one failed).
         self._refresh_paused: dict[str, float] = {}
+        # (profile, scopes) -> cache key: two SHA-256 per request otherwise.
+        self._keys: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
         """Cache key of a token: ``<profile prefix><hash of identity and sorted scopes>``.
@@ -112,8 +114,14 @@ class Broker:
         Both parts are hashes, so a key reveals neither the client nor the scopes; the
         prefix lets one profile's tokens be dropped together (``invalidate``).
         """
+        memo = self._keys.get((profile, scopes))
+        if memo is not None:
+            return memo
         material = f"{self._profiles[profile]}\n{' '.join(sorted(scopes))}"
-        return self.prefix_for(profile) + hashlib.sha256(material.encode()).hexdigest()[:32]
+        key = self.prefix_for(profile) + hashlib.sha256(material.encode()).hexdigest()[:32]
+        if len(self._keys) < MAX_SEEN:
+            self._keys[(profile, scopes)] = key
+        return key
 
     def prefix_for(self, profile: str) -> str:
         """The key prefix shared by every token of ``profile``."""

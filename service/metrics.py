@@ -7,6 +7,9 @@ up the series count or smuggle text into the metrics output.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -117,6 +120,14 @@ auth_failures = Counter(
     "Refused caller authentications.",
     registry=REGISTRY,
 )
+
+
+@functools.cache
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: ``labels()`` takes a lock and validates on
+    every call, which showed in the hot path. Unbounded, as label values come from config.
+    """
+    return metric.labels(*values)
 
 
 def issuer_error_label(code: str | None) -> str:

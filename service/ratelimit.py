@@ -84,15 +84,28 @@ class CallerRateLimit:
         self._health = health
         self._script = redis.register_script(_INCR) if redis is not None else None
         self._local = WindowCounter(clock=clock)
+        self._clock = clock
+        self._blocked: dict[str, float] = {}
 
     async def check(self, caller: str) -> None:
         """Count one request by ``caller``; raise ``RateLimited`` beyond the limit."""
         if self._limit <= 0:
             return
+        now = self._clock()
+        blocked_until = self._blocked.get(caller, 0.0)
+        if now < blocked_until:
+            # Already over in this window: refuse without another Redis round trip.
+            self._refuse(caller, blocked_until - now)
         count, left = await self._hit(caller)
         if count > self._limit:
-            metrics.rate_limited.labels("caller").inc()
-            raise RateLimited(f"caller '{caller}' is over {self._limit} requests per minute", left)
+            if len(self._blocked) >= MAX_TRACKED:
+                self._blocked.clear()
+            self._blocked[caller] = now + left
+            self._refuse(caller, left)
+
+    def _refuse(self, caller: str, left: float) -> None:
+        metrics.labelled(metrics.rate_limited, "caller").inc()
+        raise RateLimited(f"caller '{caller}' is over {self._limit} requests per minute", left)
 
     async def _hit(self, caller: str) -> tuple[int, float]:
         if self._script is not None and self._health is not None:

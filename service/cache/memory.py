@@ -88,18 +88,20 @@ class TieredTokenCache:
         """L1 first, then L2 (copying a still-fresh L2 hit into L1), then the fallback."""
         token = await self._local.get(key)
         if token is not None:
-            metrics.cache_lookups.labels("local", "hit").inc()
+            metrics.labelled(metrics.cache_lookups, "local", "hit").inc()
             return token
-        metrics.cache_lookups.labels("local", "miss").inc()
+        metrics.labelled(metrics.cache_lookups, "local", "miss").inc()
         token = await self._shared.get(key)
         if token is not None:
-            metrics.cache_lookups.labels("redis", "hit").inc()
+            metrics.labelled(metrics.cache_lookups, "redis", "hit").inc()
             await self._keep(key, token, token.remaining(self._clock()))
             return token
-        metrics.cache_lookups.labels("redis", "miss").inc()
+        metrics.labelled(metrics.cache_lookups, "redis", "miss").inc()
         if not self._shared_up():
             token = await self._fallback.get(key)
-            metrics.cache_lookups.labels("fallback", "miss" if token is None else "hit").inc()
+            metrics.labelled(
+                metrics.cache_lookups, "fallback", "miss" if token is None else "hit"
+            ).inc()
         return token
 
     async def put(self, key: str, token: IssuedToken, ttl: float) -> None:
