@@ -54,7 +54,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -64,6 +64,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts.demo import signals_ignored
 from service.cache.crypto import new_cache_key
 from tests.integration.broker_process import start_broker, stop_broker
 from tests.integration.conftest import BrokerFiles, write_config
@@ -1034,18 +1035,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
     # KeyboardInterrupt, not an own exception: asyncio's TaskGroup re-raises it unwrapped.
     raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let the (bounded) clean-up finish even if Ctrl-C is pressed again."""
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
