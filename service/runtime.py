@@ -99,7 +99,6 @@ class Shared:
 
     settings: Settings
     clock: Callable[[], float]
-    local: MemoryTokenCache
     cache: TokenCache
     lock: RefreshLock | None
     resilient: ResilientTokenSource
@@ -405,7 +404,6 @@ def build_runtime(
     shared = Shared(
         settings=settings,
         clock=clock,
-        local=local,
         cache=cache,
         lock=lock,
         resilient=resilient,
