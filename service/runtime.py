@@ -7,6 +7,7 @@ place that knows which adapter backs which protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -43,6 +44,7 @@ from service.upstream.exchange import UpstreamTokenSource
 from service.upstream.resilient import ResilientTokenSource
 
 log = logging.getLogger("token_broker")
+SHUTDOWN_STEP_SECONDS = 5.0
 
 
 def load_checked(settings: Settings) -> BrokerConfig:
@@ -124,6 +126,7 @@ class Runtime:
         self._fingerprints = self._watched()
         self._reloading = asyncio.Lock()
         self._retiring: list[Generation] = []
+        self._stopping = asyncio.Event()
 
     @property
     def settings(self) -> Settings:
@@ -193,6 +196,7 @@ class Runtime:
                 listen_for_invalidations(
                     self.shared.redis,
                     cache.drop_local,
+                    stop=self._stopping,
                     retry_seconds=self.settings.redis_probe_seconds,
                 )
             )
@@ -232,8 +236,10 @@ class Runtime:
         return tuple(_digest(path) for path in paths)
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reload_seconds)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.reload_seconds)
+                return
             current = await asyncio.to_thread(self._watched)
             if current != self._fingerprints:
                 await self.reload("file changed")
@@ -282,13 +288,26 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Stop background work and close connections."""
+        self._stopping.set()
+        if self._tasks:
+            # The invalidation listener ends by itself within one poll when told to stop.
+            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_STEP_SECONDS / 2)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded, like every step of shutdown: a stuck task must not hold the process.
+            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_STEP_SECONDS)
         for generation in [*self._retiring, self.generation]:
-            await generation.aclose()
+            await _bounded(generation.aclose(), "close configuration generation")
         if self.shared.redis is not None:
-            await self.shared.redis.aclose(close_connection_pool=True)
+            await _bounded(self.shared.redis.aclose(close_connection_pool=True), "close redis")
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, timeout=SHUTDOWN_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown step timed out", extra={"step": what})
 
 
 def _digest(path: Path) -> str:

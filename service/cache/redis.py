@@ -37,6 +37,7 @@ PREFIX = "token-broker:v1:"
 # Pub/sub channel on which a replica that invalidated tokens tells the others (L1 drops).
 INVALIDATIONS = PREFIX + "invalidate"
 INVALIDATION_COUNT = PREFIX + "invalidations"
+CLOSE_TIMEOUT_SECONDS = 2.0
 _LOCAL_LEASE = "local"
 T = TypeVar("T")
 
@@ -251,32 +252,39 @@ async def listen_for_invalidations(
     drop: Callable[[str], Awaitable[None]],
     *,
     retry_seconds: float,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    stop: asyncio.Event,
+    poll_seconds: float = 0.1,
 ) -> None:
-    """Apply other replicas' invalidations to this one's L1 until cancelled.
+    """Apply other replicas' invalidations to this one's L1 until ``stop`` is set.
 
     While Redis is down the subscription is retried every ``retry_seconds``. Each
     invalidation also counts in Redis; on resubscribing, a count other than the one this
     replica expects means messages were missed, and its whole L1 is dropped. A Redis that
     restarted empty with nothing missed leaves the L1 alone: dropping it would send every
     replica to the issuer at the same moment.
+
+    Ended by ``stop``, not by cancelling: a subscription cancelled in the middle of a read
+    could not be closed (its close waits on the reader, redis-py #3941) and hung shutdown.
+    Reads are therefore bounded (``poll_seconds``) and ``stop`` is checked between them.
     """
     expected: int | None = None
-    while True:
-        pubsub = client.pubsub()
+    while not stop.is_set():
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(INVALIDATIONS)
             count = int(await client.get(INVALIDATION_COUNT) or 0)
             if expected is not None and count != expected:
                 await drop("")
             expected = count
-            async for message in pubsub.listen():
-                if message.get("type") == "message" and isinstance(message["data"], bytes):
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=poll_seconds)
+                if message is not None and isinstance(message.get("data"), bytes):
                     expected += 1
                     await drop(message["data"].decode("ascii", "replace"))
         except (RedisError, OSError, TimeoutError, ValueError) as exc:
             log.debug("invalidation subscription lost", extra={"reason": type(exc).__name__})
-        finally:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await sleep(retry_seconds)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(pubsub.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)  # type: ignore[no-untyped-call]
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=retry_seconds)
