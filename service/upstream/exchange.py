@@ -69,7 +69,10 @@ class UpstreamTokenSource:
 
     async def fetch(self, profile: str, scopes: tuple[str, ...]) -> IssuedToken:
         """One exchange for ``profile``; errors say what failed, never with a secret."""
-        spec = self._profiles[profile]
+        spec = self._profiles.get(profile)
+        if spec is None:
+            # A request that started before a reload removed its profile.
+            raise UpstreamError(f"profile '{profile}' is no longer configured")
         endpoint = spec.spec.token_endpoint
         if endpoint is None:
             assert spec.issuer is not None  # config guarantees one of the two

@@ -202,15 +202,16 @@ async def test_sigterm_drains_in_flight_request_then_exits(
     process, url = start_broker(files, log_file)
     try:
         wait_ready(url, process, log_file)
-        issuer.proxy.set_fault("delay", delay_seconds=2.0)
-        async with httpx.AsyncClient(trust_env=False, timeout=15) as client:
+        # Long enough that, even on a loaded machine, the listener closes while it is in flight.
+        issuer.proxy.set_fault("delay", delay_seconds=6.0)
+        async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
             in_flight = token_request(client, url, files.keys["airflow"])
             assert await asyncio.to_thread(issuer.proxy.wait_for_token_requests, 1, 10.0)
             sent_at = time.monotonic()
             os.kill(process.pid, signal.SIGTERM)
 
             refused = False
-            deadline = sent_at + 1.5
+            deadline = sent_at + 4.0
             while not refused and time.monotonic() < deadline:
                 try:
                     # A fresh client each time: a new connection, never a pooled one.
@@ -220,11 +221,11 @@ async def test_sigterm_drains_in_flight_request_then_exits(
                     refused = True
                 else:
                     await asyncio.sleep(0.05)
-            assert refused, "new connections still accepted 1.5 s after SIGTERM"
+            assert refused, "new connections still accepted 4 s after SIGTERM"
             assert not in_flight.done(), "the in-flight request ended before the issuer answered"
 
-            response = await asyncio.wait_for(in_flight, timeout=10)
-        status = await asyncio.to_thread(process.wait, 10)
+            response = await asyncio.wait_for(in_flight, timeout=15)
+        status = await asyncio.to_thread(process.wait, 15)
         exited_after = time.monotonic() - sent_at
     finally:
         stop_broker(process)
@@ -234,7 +235,7 @@ async def test_sigterm_drains_in_flight_request_then_exits(
     assert issuer.proxy.token_requests == 1
     # A graceful shutdown is a clean exit: status 0, not "killed by SIGTERM".
     assert status == 0
-    assert exited_after < 5
+    assert exited_after < 15  # bounded: the drain, then a shutdown whose every step is bounded
     text = log_file.read_text()
     issued = text.index('"outcome":"issued"')
     assert issued < text.index("Waiting for application shutdown")

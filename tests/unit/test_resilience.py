@@ -18,6 +18,7 @@ from service.resilience import (
     retry_after_seconds,
     whole_seconds,
 )
+from service.upstream.exchange import UpstreamTokenSource
 from service.upstream.resilient import ResilientTokenSource
 
 
@@ -294,3 +295,13 @@ async def test_a_request_during_a_half_open_probe_waits_for_its_answer() -> None
     assert (await probe).access_token == "probe"
     assert (await follower).scope == "read"
     assert state(breaker) is CircuitState.CLOSED
+
+
+async def test_a_profile_removed_by_a_reload_is_a_502_not_a_crash() -> None:
+    """An exchange for a profile the reloaded configuration no longer has: UpstreamError."""
+    source = UpstreamTokenSource({})
+    try:
+        with pytest.raises(UpstreamError, match="no longer configured"):
+            await source.fetch("gone", ())
+    finally:
+        await source.aclose()
