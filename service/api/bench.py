@@ -16,11 +16,9 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
-from service.api.errors import NO_STORE, validation_error
-from service.api.schemas import TokenBody
-from service.errors import InvalidRequest
+from service.api.errors import NO_STORE
+from service.api.routes import parse_token_body
 
 router = APIRouter(prefix="/bench", include_in_schema=False)
 
@@ -39,13 +37,8 @@ _SOURCE = {"Token-Broker-Source": "bench"}
 @router.post("/bare")
 async def bare(request: Request) -> Response:
     """Parse like ``/v1/token``, answer a hand-out-shaped body without doing any of its work."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise InvalidRequest("Content-Type must be application/json")
-    try:
-        body = TokenBody.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    # The very function /v1/token parses with, so the comparison stays like for like.
+    body = await parse_token_body(request)
     now = time.time()
     payload: dict[str, Any] = {
         "access_token": _TOKEN,

@@ -75,13 +75,11 @@ async def bearer_caller(
 
 
 def _throttle(rt: Runtime, request: Request) -> None:
-    if rt.auth_throttle is not None:
-        rt.auth_throttle.check(client_address(request))
+    rt.auth_throttle.check(client_address(request))
 
 
 def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient) -> None:
-    if rt.auth_throttle is not None:
-        rt.auth_throttle.failed(client_address(request))
+    rt.auth_throttle.failed(client_address(request))
     # The description names what was wrong (expired, wrong audience...), never the credential.
     audit.record(
         "denied",
@@ -117,8 +115,7 @@ def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Respon
 
 async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str | None) -> Issued:
     try:
-        if rt.rate_limit is not None:
-            await rt.rate_limit.check(caller.name)
+        await rt.rate_limit.check(caller.name)
         grant = rt.config.policy.decide(caller, request)
         issued = await rt.broker.issue(grant)
     except BrokerError as exc:
@@ -161,6 +158,17 @@ async def _issue(rt: Runtime, caller: Caller, request: TokenRequest, peer: str |
     return issued
 
 
+async def parse_token_body(request: Request) -> TokenBody:
+    """The JSON body of ``POST /v1/token``, validated; 400 for anything else."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise InvalidRequest("Content-Type must be application/json")
+    try:
+        return TokenBody.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 @router.post(
     "/v1/token",
     response_model=TokenResponse,
@@ -178,13 +186,7 @@ async def v1_token(request: Request) -> Response:
     # Authenticated here rather than through Depends: dependency solving cost more per request
     # than the whole cache lookup (bench/README.md).
     caller = await bearer_caller(request, request.headers.get("authorization"))
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise InvalidRequest("Content-Type must be application/json")
-    try:
-        body = TokenBody.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    body = await parse_token_body(request)
     assert isinstance(body.min_ttl, int)
     token_request = TokenRequest(
         profile=body.profile,
