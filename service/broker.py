@@ -107,6 +107,9 @@ class Broker:
         self._refresh_paused: dict[str, float] = {}
         # (profile, scopes) -> cache key: two SHA-256 per request otherwise.
         self._keys: dict[tuple[str, tuple[str, ...]], str] = {}
+        # Profile identity -> lifetime of its latest token seen here. Kept after the token
+        # leaves the cache, so a min_ttl the issuer cannot meet is refused without asking it.
+        self._lifetimes: dict[str, float] = {}
 
     def key_for(self, profile: str, scopes: tuple[str, ...]) -> str:
         """Cache key of a token: ``<profile prefix><hash of identity and sorted scopes>``.
@@ -145,18 +148,22 @@ class Broker:
         key = self.key_for(grant.profile, grant.scopes)
         if key not in self._seen and len(self._seen) < MAX_SEEN:
             self._seen[key] = (grant.profile, tuple(sorted(grant.scopes)))
+        known = self._lifetimes.get(self._profiles[grant.profile])
+        if known is not None:
+            self._check_lifetime(grant, known)
         cached = await self._cache.get(key)
         if cached is not None:
             now = self._clock()
-            if self._usable(cached, now, grant.min_ttl):
+            if grant.min_ttl < cached.lifetime and self._usable(cached, now, grant.min_ttl):
                 if now >= cached.refresh_at(self._refresh_fraction):
                     self._refresh_in_background(key, grant)
                 return Issued(cached, "cache")
-            self._check_lifetime(grant, cached)
+            self._learn(grant.profile, cached)
+            self._check_lifetime(grant, cached.lifetime)
         # A joiner may receive a token fetched for a less demanding caller: then go again.
         for _ in range(3):
             issued = await self._single_flight(key, grant, self._acceptor(grant.min_ttl))
-            self._check_lifetime(grant, issued.token)
+            self._check_lifetime(grant, issued.token.lifetime)
             if self._usable(issued.token, self._clock(), grant.min_ttl):
                 return issued
             if issued.source == "issuer":
@@ -178,10 +185,16 @@ class Broker:
     def _acceptor(self, min_ttl: int) -> Accept:
         return lambda token: self._usable(token, self._clock(), min_ttl)
 
-    def _check_lifetime(self, grant: Grant, token: IssuedToken) -> None:
-        # The issuer decides lifetimes; a token it issued is the longest it will give.
-        if token.lifetime < grant.min_ttl:
-            raise TokenLifetimeTooShort(grant.profile, token.lifetime, grant.min_ttl)
+    def _check_lifetime(self, grant: Grant, lifetime: float) -> None:
+        # The issuer decides lifetimes, and a token is a moment old by the time it is handed
+        # out: a min_ttl of the whole lifetime or more can never be met.
+        if grant.min_ttl > 0 and lifetime <= grant.min_ttl:
+            raise TokenLifetimeTooShort(grant.profile, lifetime, grant.min_ttl)
+
+    def _learn(self, profile: str, token: IssuedToken) -> None:
+        identity = self._profiles[profile]
+        if identity in self._lifetimes or len(self._lifetimes) < MAX_SEEN:
+            self._lifetimes[identity] = token.lifetime
 
     def _refresh_in_background(self, key: str, grant: Grant) -> None:
         if key in self._flights or self._clock() < self._refresh_paused.get(key, 0.0):
@@ -257,6 +270,7 @@ class Broker:
                     if current is not None and accept(current):
                         return Issued(current, "cache")
                     token = await self._source.fetch(grant.profile, grant.scopes)
+                    self._learn(grant.profile, token)
                     ttl = token.remaining(self._clock()) - self.skew(token)
                     if ttl > 0:
                         await self._cache.put(key, token, ttl)

@@ -107,6 +107,8 @@ def serve(config: ConfigOption = None) -> None:
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=20,
+        # uvicorn would believe X-Forwarded-For from loopback; service/api/proxies.py decides.
+        proxy_headers=False,
     )
 
 

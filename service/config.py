@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from service.durations import parse_duration
 from service.errors import ConfigError
 from service.policy import GrantRule, Policy
+from service.scopes import SCOPE_TOKEN_PATTERN
 from service.upstream.base import Provider, url_problem
 from service.upstream.providers import PROVIDERS
 
@@ -31,7 +32,7 @@ from service.upstream.providers import PROVIDERS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # RFC 6749 section 3.3 scope-token.
-ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")]
+ScopeToken = Annotated[str, StringConstraints(pattern=SCOPE_TOKEN_PATTERN)]
 M = TypeVar("M", bound=BaseModel)
 _TOP_LEVEL = frozenset({"profiles", "callers", "trusted_issuers"})
 MAX_LEEWAY_SECONDS = 300
@@ -104,6 +105,12 @@ class TrustedIssuerSpec(_Strict):
     required_claims: dict[Annotated[str, StringConstraints(max_length=128)], ClaimValue] = Field(
         default_factory=dict
     )
+    # None: the kind decides. An RFC 7523 assertion is for one use, so a generic issuer's
+    # tokens are refused the second time; a projected service-account token is a bearer
+    # credential the kubelet hands out for reuse (pods present it until it is rotated at
+    # about 80 % of its life), so a cluster's tokens may be presented again.
+    replay: Literal["refuse", "allow"] | None = None
+    require_jti: bool = True
 
 
 class KubernetesSpec(_Strict):
@@ -215,6 +222,9 @@ class TrustedIssuer:
     algorithms: tuple[str, ...]
     leeway: int
     required_claims: Mapping[str, str]
+    # The safe side by default; the loader sets both from the YAML and the issuer's kind.
+    replay: Literal["refuse", "allow"] = "refuse"
+    require_jti: bool = True
 
 
 @dataclass(frozen=True)
@@ -491,6 +501,8 @@ def _trusted_issuers(
                 algorithms=tuple(dict.fromkeys(spec.algorithms)),
                 leeway=leeway,
                 required_claims=dict(spec.required_claims),
+                replay=spec.replay or ("allow" if spec.kind == "kubernetes" else "refuse"),
+                require_jti=spec.require_jti,
             )
     return out
 
@@ -545,38 +557,70 @@ def _bindings(
                 f"{where}.kubernetes.issuer: '{issuer}' is not a trusted issuer of kind kubernetes"
             )
         else:
-            claims = {
-                ("kubernetes.io", "namespace"): k8s.namespace,
-                ("kubernetes.io", "serviceaccount", "name"): k8s.service_account,
-            }
+            claims = _service_account_claims(k8s.namespace, k8s.service_account)
             if k8s.pod is not None:
                 claims["kubernetes.io", "pod", "name"] = k8s.pod
             subject = f"system:serviceaccount:{k8s.namespace}:{k8s.service_account}"
             found.append(WorkloadBinding(name, issuer, subject, claims))
     if spec.workload is not None:
-        if spec.workload.issuer not in issuers:
-            problems.append(
-                f"{where}.workload.issuer: unknown trusted issuer '{spec.workload.issuer}'"
-            )
+        workload = spec.workload
+        if workload.issuer not in issuers:
+            problems.append(f"{where}.workload.issuer: unknown trusted issuer '{workload.issuer}'")
         else:
-            found.append(
-                WorkloadBinding(
-                    name,
-                    spec.workload.issuer,
-                    spec.workload.subject,
-                    {(claim,): value for claim, value in spec.workload.claims.items()},
-                )
-            )
+            claims = {(claim,): value for claim, value in workload.claims.items()}
+            parts = workload.subject.split(":")
+            if issuers[workload.issuer].kind == "kubernetes" and _is_service_account(parts):
+                # A cluster's tokens carry the subject's namespace and account as claims too
+                # (they must agree with sub), so a workload binding of a service account is
+                # as specific as a kubernetes binding of it: say so, or the two would compare
+                # by their written claims and the less specific one could win.
+                claims |= _service_account_claims(parts[2], parts[3])
+            found.append(WorkloadBinding(name, workload.issuer, workload.subject, claims))
     return found
 
 
+def _is_service_account(parts: list[str]) -> bool:
+    return len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]  # noqa: PLR2004
+
+
+def _service_account_claims(namespace: str, account: str) -> dict[tuple[str, ...], str]:
+    return {
+        ("kubernetes.io", "namespace"): namespace,
+        ("kubernetes.io", "serviceaccount", "name"): account,
+    }
+
+
 def _check_unique_bindings(bindings: list[WorkloadBinding], problems: list[str]) -> None:
-    # Two callers matching the same token would make the caller depend on config order.
-    seen: dict[tuple[str, str, frozenset[tuple[tuple[str, ...], str]]], str] = {}
+    # One verified token must name one caller whatever the order of the YAML. Two bindings
+    # of the same issuer and subject can both match a token unless some claim is required
+    # with different values; that is allowed only when one's claims strictly contain the
+    # other's, since the more specific binding then wins (a pod over its service account).
+    groups: dict[tuple[str, str], list[WorkloadBinding]] = {}
     for binding in bindings:
-        key = (binding.issuer, binding.subject, frozenset(binding.claims.items()))
-        other = seen.setdefault(key, binding.caller)
-        if other != binding.caller:
-            problems.append(
-                f"callers.{binding.caller}: binds the same workload identity as caller '{other}'"
-            )
+        groups.setdefault((binding.issuer, binding.subject), []).append(binding)
+    reported: set[tuple[str, str]] = set()
+    for (issuer, subject), group in groups.items():
+        for index, later in enumerate(group):
+            for earlier in group[:index]:
+                pair = (earlier.caller, later.caller)
+                if earlier.caller == later.caller or pair in reported:
+                    continue
+                problem = _ambiguity(earlier, later)
+                if problem is not None:
+                    reported.add(pair)
+                    problems.append(
+                        f"callers.{later.caller}: {problem} caller '{earlier.caller}' "
+                        f"(trusted issuer '{issuer}', subject '{subject}'); bind a claim that "
+                        "tells them apart, or make one binding's claims contain the other's"
+                    )
+
+
+def _ambiguity(one: WorkloadBinding, other: WorkloadBinding) -> str | None:
+    mine, theirs = set(one.claims.items()), set(other.claims.items())
+    if mine == theirs:
+        return "binds the same workload identity as"
+    if mine < theirs or theirs < mine:
+        return None
+    if any(path in other.claims and other.claims[path] != v for path, v in one.claims.items()):
+        return None  # no token can carry both values
+    return "may match the same workload tokens (neither binding is more specific) as"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-_PART = re.compile(r"(\d+)([smhd])")
+_PART = re.compile(r"(\d+)([smhd])", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_SECONDS = 366 * 86400
+_MAX_TEXT = 32
+_NOT_A_DURATION = "not a duration (examples: 3600, 90m, 4h, 1h30m)"
 
 
 def parse_duration(value: str | int) -> int:
@@ -17,13 +19,17 @@ def parse_duration(value: str | int) -> int:
         seconds = value
     else:
         text = value.strip().lower()
+        # ASCII only and short: int() of other Unicode digits fails with a message that
+        # quotes its input, and a caller's text must never come back in an error.
+        if not text.isascii() or len(text) > _MAX_TEXT:
+            raise ValueError(_NOT_A_DURATION)
         if text.isdigit():
             seconds = int(text)
         else:
             parts = _PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
                 # Never echo the value: callers paste the wrong thing, keys included.
-                raise ValueError("not a duration (examples: 3600, 90m, 4h, 1h30m)")
+                raise ValueError(_NOT_A_DURATION)
             seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds < 0 or seconds > MAX_SECONDS:
         raise ValueError(f"duration must be between 0 and {MAX_SECONDS} seconds")

@@ -10,10 +10,12 @@ status codes::
     │   ├── RequestTooLarge            413 invalid_request
     │   └── TokenLifetimeTooShort      400 invalid_request  (min_ttl beyond the issuer's tokens)
     ├── InvalidClient                  401 invalid_client   (+ WWW-Authenticate)
+    ├── InvalidGrant                   400 invalid_grant    (a replayed RFC 7523 assertion)
     ├── AccessDenied                   403 unauthorized_client (no grant for the profile)
     │   └── ScopeNotGranted            403 invalid_scope
     ├── RateLimited                    429 temporarily_unavailable (+ Retry-After)
-    ├── CacheUnavailable               503 temporarily_unavailable (an admin action needs Redis)
+    ├── CacheUnavailable               503 temporarily_unavailable (an admin action or a full
+    │                                      replay store needs Redis)
     ├── UpstreamError                  502 server_error     (the issuer refused or answered badly)
     │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After)
     └── ConfigError                    raised at start-up only; lists every problem
@@ -87,6 +89,17 @@ class InvalidClient(BrokerError):
         return {"WWW-Authenticate": f'{self.scheme} realm="token-broker"'}
 
 
+class InvalidGrant(BrokerError):
+    """The presented grant is unusable: a client assertion already used, or without a ``jti``.
+
+    Not an ``InvalidClient``: the assertion's signature and claims were good, so the answer is
+    a 400 without ``WWW-Authenticate`` (asking for other credentials would not help).
+    """
+
+    error = "invalid_grant"
+    status = 400
+
+
 class AccessDenied(BrokerError):
     """The caller is known but policy grants it nothing for this request."""
 
@@ -119,7 +132,11 @@ class RateLimited(BrokerError):
 
 
 class CacheUnavailable(BrokerError):
-    """An operation that must reach every replica could not, because Redis is down."""
+    """An operation that must reach every replica could not, because Redis is down.
+
+    Also raised when Redis is down and the in-process store of used assertion ids is full:
+    a new assertion cannot be recorded, and forgetting used ones would reopen replay.
+    """
 
     error = "temporarily_unavailable"
     status = 503

@@ -43,6 +43,11 @@ cache_lookups = Counter(
     ["layer", "result"],
     registry=REGISTRY,
 )
+client_disconnects = Counter(
+    "token_broker_client_disconnects_total",
+    "Requests whose client went away before its body arrived in full.",
+    registry=REGISTRY,
+)
 issuer_requests = Counter(
     "token_broker_issuer_requests_total",
     "Token requests sent to the issuer, by profile and outcome "

@@ -23,7 +23,7 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
-    """What a caller asks for; ``scopes`` of ``None`` means all its grant allows."""
+    """What a caller asks for; ``scopes`` of ``None`` (or empty) means all its grant allows."""
 
     profile: str
     scopes: tuple[str, ...] | None = None

@@ -37,7 +37,8 @@ class Policy:
         rule = self._rules.get(caller.name, {}).get(request.profile)
         if rule is None:
             raise AccessDenied(f"caller '{caller.name}' has no grant for the requested profile")
-        if request.scopes is None:
+        # Empty is treated as absent too: asking an issuer for no scope may get its defaults.
+        if not request.scopes:
             scopes = tuple(sorted(rule.scopes))
         else:
             extra = set(request.scopes) - rule.scopes

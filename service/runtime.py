@@ -34,6 +34,7 @@ from service.callers.api_keys import ApiKeyAuthenticator
 from service.callers.authenticator import Authenticator
 from service.callers.jwks import JwksKeySource
 from service.callers.jwt import WorkloadAuthenticator
+from service.callers.replay import UsedJtis
 from service.config import BrokerConfig, load_config
 from service.errors import ConfigError
 from service.models import Caller
@@ -106,6 +107,8 @@ class Shared:
     resilient: ResilientTokenSource
     rate_limit: CallerRateLimit
     auth_throttle: AuthFailureThrottle
+    # Outlives reloads: a used assertion must stay used whatever the YAML becomes.
+    used_jtis: UsedJtis
     redis: Redis | None = None
     redis_health: RedisHealth | None = None
     redis_cache: RedisTokenCache | None = None
@@ -368,7 +371,15 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
             min_refresh_interval=settings.jwks_min_refresh_seconds,
         )
         workloads = WorkloadAuthenticator(
-            config.trusted_issuers, config.workloads, callers, keys, clock=clock
+            config.trusted_issuers,
+            config.workloads,
+            callers,
+            keys,
+            used_jtis=shared.used_jtis,
+            # No longer than the key cache: a key withdrawn from the JWKS stops vouching for
+            # already verified tokens too, once its absence has been seen.
+            remember_for=settings.jwks_max_age_seconds,
+            clock=clock,
         )
     return Generation(
         config=config,
@@ -428,6 +439,7 @@ def build_runtime(
         resilient=resilient,
         rate_limit=CallerRateLimit(settings.rate_limit_per_minute, redis=redis, health=health),
         auth_throttle=AuthFailureThrottle(settings.auth_failures_per_minute),
+        used_jtis=UsedJtis(redis=redis, health=health, clock=clock),
         redis=redis,
         redis_health=health,
         redis_cache=redis_cache,

@@ -6,17 +6,24 @@ accepts a ``*_FILE`` form so it can come from a mounted Kubernetes secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Everything the broker process needs besides the broker YAML."""
 
-    model_config = SettingsConfigDict(env_prefix="TOKEN_BROKER_", extra="ignore")
+    # hide_input_in_errors: a rejected value (a URL with a password, a mistyped secret) must
+    # not be echoed into logs by the error's text.
+    model_config = SettingsConfigDict(
+        env_prefix="TOKEN_BROKER_", extra="ignore", hide_input_in_errors=True
+    )
 
     config: Path = Field(default=Path("token-broker.yaml"), description="Path of the broker YAML.")
     redis_url: SecretStr | None = None
@@ -63,12 +70,42 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(default=30, ge=1)
     max_header_bytes: int = Field(default=8192, ge=1024)
     max_headers: int = Field(default=64, ge=8)
+    # Proxies whose X-Forwarded-For is believed (service/api/proxies.py): comma-separated
+    # CIDRs or addresses; empty = the TCP peer is the client, forwarded headers are ignored.
+    # NoDecode: the variable is a plain comma list, not JSON; each entry is parsed below so a
+    # typo fails the start instead of silently trusting nothing (or everything).
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     # The broker YAML and the cache keys file are checked this often and reloaded when their
     # content changes (also on SIGHUP); 0 turns the polling off.
     reload_seconds: float = Field(default=5.0, ge=0)
     # Benchmarks only: adds POST /bench/bare, the same request parsing and response size as
     # POST /v1/token with none of its work, to measure the broker against.
     bench_endpoints: bool = False
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: object) -> tuple[IPv4Network | IPv6Network, ...]:
+        entries: Sequence[object]
+        if isinstance(value, str):
+            entries = value.split(",") if value.strip() else ()
+        elif isinstance(value, list | tuple):
+            entries = value
+        else:
+            raise PydanticCustomError(
+                "trusted_proxies", "expected comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1"
+            )
+        networks: list[IPv4Network | IPv6Network] = []
+        for position, entry in enumerate(entries, start=1):
+            network = _network(entry)
+            if network is None:
+                # The entry itself is never echoed: this message ends up in logs.
+                raise PydanticCustomError(
+                    "trusted_proxies",
+                    "entry {position} is not an IP address or CIDR (expected e.g. 10.0.0.0/8)",
+                    {"position": position},
+                )
+            networks.append(network)
+        return tuple(networks)
 
     @model_validator(mode="after")
     def _waiters_outlast_the_exchange(self) -> Self:
@@ -93,3 +130,15 @@ class Settings(BaseSettings):
                     raise ValueError(msg) from None
                 setattr(self, name, SecretStr(text))
         return self
+
+
+def _network(entry: object) -> IPv4Network | IPv6Network | None:
+    """One TOKEN_BROKER_TRUSTED_PROXIES entry as a network (host bits dropped), or None."""
+    if isinstance(entry, IPv4Network | IPv6Network):
+        return entry
+    if not isinstance(entry, str) or "%" in entry:  # IPv6 scope ids are free text
+        return None
+    try:
+        return ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None

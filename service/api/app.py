@@ -15,6 +15,7 @@ from service.api import errors
 from service.api.admin import router as admin_router
 from service.api.bench import router as bench_router
 from service.api.limits import RequestLimits
+from service.api.proxies import TrustedProxies
 from service.api.routes import router
 from service.logs import drain
 from service.runtime import Runtime, build_runtime, load_checked
@@ -53,6 +54,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     if settings.bench_endpoints:
         app.include_router(bench_router)
     errors.install(app)
+    # Added first, so it runs inside RequestLimits (headers already bounded), before any route.
+    app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
     app.add_middleware(
         RequestLimits,
         max_bytes=settings.max_body_bytes,

@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
+from service import metrics
 from service.errors import BrokerError, InvalidRequest
 
 log = logging.getLogger("token_broker.api")
@@ -71,6 +73,14 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_disconnect(_: Request, exc: Exception) -> Response:
+        # A client that hangs up mid-body is the client's business, and a flood of them must
+        # not flood the error log: counted, logged at debug, and nobody is left to answer.
+        assert isinstance(exc, ClientDisconnect)
+        metrics.client_disconnects.inc()
+        log.debug("client disconnected before its request body arrived")
+        return error_response(400, "invalid_request", "request body incomplete")
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.error("unhandled error", extra={"error": type(exc).__name__})
         return error_response(500, "server_error", "internal error")
@@ -78,4 +88,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BrokerError, on_broker_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

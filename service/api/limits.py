@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -13,13 +14,21 @@ from service.logs import REQUEST_ID
 
 # A caller's X-Request-ID is kept only when it is short and plain: it goes into every log line.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Headers a request may carry once: a second credential, body type or length is refused.
+_SINGLE = {
+    b"authorization": "Authorization",
+    b"content-type": "Content-Type",
+    b"content-length": "Content-Length",
+    b"host": "Host",
+}
 
 
 class RequestLimits:
     """Tag each request with an id (``X-Request-ID``, in logs and in the response) and refuse
     oversized requests before any route runs.
 
-    Headers: more than ``max_headers`` of them or ``max_header_bytes`` in all is a 431.
+    Headers: more than ``max_headers`` of them or ``max_header_bytes`` in all is a 431; two of
+    a header that must appear once (Authorization, Content-Type, ...) is a 400.
     Body: over ``max_bytes`` by ``Content-Length`` up front, else while reading, is a 413.
     """
 
@@ -53,30 +62,10 @@ class RequestLimits:
             REQUEST_ID.reset(reset)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = scope["headers"]
-        if len(headers) > self.max_headers or (
-            sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes
-        ):
-            response = error_response(
-                431,
-                "invalid_request",
-                f"request headers over {self.max_headers} fields or {self.max_header_bytes} bytes",
-            )
-            await response(scope, receive, send)
+        refusal = self._header_problem(scope["headers"])
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
-        for name, value in headers:
-            if name == b"content-length":
-                if not value.isdigit():
-                    response = error_response(400, "invalid_request", "malformed Content-Length")
-                    await response(scope, receive, send)
-                    return
-                if int(value) > self.max_bytes:
-                    response = error_response(
-                        413, "invalid_request", f"request body over {self.max_bytes} bytes"
-                    )
-                    await response(scope, receive, send)
-                    return
-                break
         seen = 0
 
         async def limited() -> Message:
@@ -89,3 +78,33 @@ class RequestLimits:
             return message
 
         await self.app(scope, limited, send)
+
+    def _header_problem(self, headers: list[tuple[bytes, bytes]]) -> Response | None:
+        """The error response for headers over the limits or malformed, else ``None``."""
+        if len(headers) > self.max_headers or (
+            sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes
+        ):
+            return error_response(
+                431,
+                "invalid_request",
+                f"request headers over {self.max_headers} fields or {self.max_header_bytes} bytes",
+            )
+        seen_once: set[bytes] = set()
+        for name, value in headers:
+            if name not in _SINGLE:
+                continue
+            if name in seen_once:
+                # Two credentials (or two framings of one body) are never resolved by picking
+                # one. The name comes from the fixed table above, never from the caller.
+                return error_response(
+                    400, "invalid_request", f"more than one {_SINGLE[name]} header"
+                )
+            seen_once.add(name)
+            if name == b"content-length":
+                if not value.isdigit():
+                    return error_response(400, "invalid_request", "malformed Content-Length")
+                if int(value) > self.max_bytes:
+                    return error_response(
+                        413, "invalid_request", f"request body over {self.max_bytes} bytes"
+                    )
+        return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -13,7 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from service import audit, metrics
+from service import audit, metrics, scopes
 from service.api.errors import NO_STORE, broker_error_response, validation_error
 from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, TokenResponse
 from service.callers.authenticator import JWT_BEARER_ASSERTION
@@ -21,6 +20,7 @@ from service.durations import parse_duration
 from service.errors import (
     BrokerError,
     InvalidClient,
+    InvalidGrant,
     InvalidRequest,
     UnsupportedGrantType,
 )
@@ -78,7 +78,7 @@ def _throttle(rt: Runtime, request: Request) -> None:
     rt.auth_throttle.check(client_address(request))
 
 
-def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient) -> None:
+def _audit_refusal(rt: Runtime, request: Request, exc: InvalidClient | InvalidGrant) -> None:
     rt.auth_throttle.failed(client_address(request))
     # The description names what was wrong (expired, wrong audience...), never the credential.
     audit.record(
@@ -190,7 +190,7 @@ async def v1_token(request: Request) -> Response:
     assert isinstance(body.min_ttl, int)
     token_request = TokenRequest(
         profile=body.profile,
-        scopes=tuple(body.scopes) if body.scopes is not None else None,
+        scopes=scopes.from_list(body.scopes),
         min_ttl=body.min_ttl,
         labels=body.labels,
     )
@@ -267,15 +267,12 @@ async def _oauth2_token(request: Request) -> Response:
     if grant_type != "client_credentials":
         raise UnsupportedGrantType("only grant_type=client_credentials is supported")
     profile = _pick_profile(rt, caller, form.get("resource") or form.get("audience"))
-    scope = form.get("scope")
     try:
         min_ttl = parse_duration(form.get("min_ttl", "0"))
     except ValueError as exc:
         raise InvalidRequest(f"min_ttl: {exc}") from None
     token_request = TokenRequest(
-        profile=profile,
-        scopes=tuple(scope.split()) if scope else None,
-        min_ttl=min_ttl,
+        profile=profile, scopes=scopes.from_text(form.get("scope")), min_ttl=min_ttl
     )
     issued = await _issue(rt, caller, token_request, client_address(request))
     token = issued.token
@@ -297,20 +294,28 @@ def _parse_form(body: bytes) -> dict[str, str]:
         raise InvalidRequest("body is not application/x-www-form-urlencoded") from None
     form: dict[str, str] = {}
     for key, value in pairs:
-        # RFC 6749 section 3.2: parameters must not be included more than once.
+        # RFC 6749 section 3.2: parameters must not be included more than once. The name is
+        # caller input, possibly unknown to the broker: never repeated back.
         if key in form:
-            raise InvalidRequest(f"parameter '{key}' is repeated")
+            raise InvalidRequest("a form parameter is repeated (RFC 6749 section 3.2)")
         form[key] = value
     return form
 
 
 async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> Caller:
     header = request.headers.get("authorization")
-    methods = [bool(header), "client_secret" in form, "client_assertion" in form]
+    # An Authorization header counts even when empty: two credentials are never resolved by
+    # picking one (RFC 6749 section 2.3: one authentication method per request).
+    methods = [header is not None, "client_secret" in form, "client_assertion" in form]
     if sum(methods) > 1:
         raise InvalidRequest("use one client authentication method, not two")
-    if "client_assertion" in form and form.get("client_assertion_type") != JWT_BEARER_ASSERTION:
-        raise InvalidRequest(f"client_assertion_type must be {JWT_BEARER_ASSERTION}")
+    if ("client_assertion" in form) != ("client_assertion_type" in form) or (
+        "client_assertion" in form and form["client_assertion_type"] != JWT_BEARER_ASSERTION
+    ):
+        raise InvalidRequest(
+            f"client_assertion needs client_assertion_type={JWT_BEARER_ASSERTION}, and the "
+            "other way round"
+        )
     _throttle(rt, request)
     try:
         if "client_assertion" in form:
@@ -319,19 +324,19 @@ async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> C
             )
         client_id, secret = _client_secret(header, form)
         return rt.callers.client_secret(client_id, secret)
-    except InvalidClient as exc:
+    except (InvalidClient, InvalidGrant) as exc:  # a replayed assertion is a failed auth too
         _audit_refusal(rt, request, exc)
         raise
 
 
 def _client_secret(header: str | None, form: dict[str, str]) -> tuple[str, str]:
-    if header:
+    if header is not None:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             raise InvalidClient("use HTTP Basic or client_secret_post client authentication")
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII header text
             raise InvalidClient("malformed Basic credentials") from None
         raw_id, sep, raw_secret = decoded.partition(":")
         if not sep:

@@ -6,10 +6,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
-from service.config import Name, ScopeToken
+from service import scopes
+from service.config import Name
 from service.durations import parse_duration
 
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
+# One scope token, with whitespace around it allowed (and dropped); "" and " " are blank.
+ScopeEntry = Annotated[str, StringConstraints(max_length=256)]
 
 
 class TokenBody(BaseModel):
@@ -18,9 +21,11 @@ class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: Name
-    # An empty list would send no scope at all, and an issuer may then apply default scopes
-    # wider than the grant: omit the field to get the grant's scopes.
-    scopes: list[ScopeToken] | None = Field(default=None, min_length=1, max_length=32)
+    scopes: list[ScopeEntry] | None = Field(
+        default=None,
+        max_length=scopes.MAX_SCOPES,
+        description="Scope tokens; absent, empty or blank means all of the grant's scopes.",
+    )
     min_ttl: StrictInt | str = Field(
         default=0,
         description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",

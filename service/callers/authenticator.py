@@ -4,13 +4,18 @@ A bearer credential is told apart by its shape (``tbk_…`` is an API key, three
 parts a JWT), so runners never say which kind they present, and the same
 ``Authorization: Bearer`` header works for an Airflow task with a key and for a pod with
 its projected service-account token.
+
+A workload JWT refused by its issuer's ``replay: refuse`` rule is refused at both doors:
+as a Bearer credential it is a 401 ``invalid_client`` like any bad credential, and as an
+RFC 7523 ``client_assertion`` a 400 ``invalid_grant``, the code for an assertion whose
+signature and claims were good but which cannot be used (again).
 """
 
 from __future__ import annotations
 
 from service.callers.api_keys import ApiKeyAuthenticator
-from service.callers.jwt import WorkloadAuthenticator, looks_like_jwt
-from service.errors import InvalidClient
+from service.callers.jwt import ReplayRefused, WorkloadAuthenticator, looks_like_jwt
+from service.errors import InvalidClient, InvalidGrant
 from service.models import Caller
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -41,7 +46,10 @@ class Authenticator:
         """RFC 7523 section 2.2: a workload JWT as the client's authentication."""
         if not looks_like_jwt(assertion):
             raise InvalidClient("client_assertion is not a JWT")
-        caller = await self._workload(assertion)
+        try:
+            caller = await self._workload(assertion)
+        except ReplayRefused as exc:
+            raise InvalidGrant(exc.description) from None
         # RFC 7521 section 4.2: a client_id sent alongside must name the same client.
         if client_id is not None and client_id != caller.name:
             raise InvalidClient("client_id does not match the client_assertion")

@@ -9,8 +9,15 @@ configured caller. Fetching keys is the only I/O and lives behind ``KeySource`` 
 Every refusal is an ``InvalidClient`` whose description says what was wrong with the token
 and never repeats any part of it.
 
-A token verified once is remembered (by its SHA-256) until its ``exp``, so a runner that
-asks again does not pay for another signature check.
+A token verified once is remembered (by its SHA-256) until its ``exp``, but for no longer
+than ``remember_for`` (the key cache's age): a key its issuer withdrew from the JWKS must
+stop vouching for tokens, also for those already verified, once the broker has seen the
+new key set.
+
+An issuer with ``replay: refuse`` has each ``jti`` accepted once: the check comes after the
+signature, the claims and the caller binding (a forged token must not use up a ``jti``) and
+runs on every presentation, remembered or not. Its refusals are ``ReplayRefused``, which the
+OAuth2 facade turns into ``invalid_grant``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import binascii
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -27,6 +35,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from service.callers.replay import UsedJtis
 from service.errors import InvalidClient
 from service.models import Caller
 
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 
 PublicKey = RSAKey | ECKey
 MAX_TOKEN_BYTES = 16_384
+MAX_JTI_CHARS = 256
 _MAX_REMEMBERED = 10_000
 _K8S = "kubernetes.io"
 # The key type and curve each accepted algorithm needs: a key of another type is refused
@@ -51,6 +61,25 @@ class KeySource(Protocol):
 
     async def key(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> PublicKey:
         """The issuer's key for ``kid`` usable with ``alg``; ``InvalidClient`` if none."""
+
+
+class JtiLedger(Protocol):
+    """Where used ``jti`` values are recorded (``callers.replay.UsedJtis``)."""
+
+    async def first_use(self, issuer: str, jti: str, until: float) -> bool:
+        """Record ``jti`` of ``issuer`` until ``until``; False if it was recorded before."""
+
+
+class ReplayRefused(InvalidClient):
+    """A verified token its issuer's ``replay: refuse`` rule turns away: reused, or no ``jti``."""
+
+
+@dataclass(frozen=True)
+class _Verified:
+    caller: Caller
+    issuer: TrustedIssuer
+    exp: float
+    jti: object
 
 
 def looks_like_jwt(value: str) -> bool:
@@ -145,6 +174,8 @@ class WorkloadAuthenticator:
         callers: Mapping[str, Caller],
         keys: KeySource,
         *,
+        used_jtis: JtiLedger | None = None,
+        remember_for: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._by_url = {issuer.issuer: issuer for issuer in issuers.values()}
@@ -153,8 +184,10 @@ class WorkloadAuthenticator:
             self._bindings.setdefault((binding.issuer, binding.subject), []).append(binding)
         self._callers = callers
         self._keys = keys
+        self._used_jtis = used_jtis if used_jtis is not None else UsedJtis(clock=clock)
+        self._remember_for = remember_for
         self._clock = clock
-        self._verified: dict[bytes, tuple[Caller, float]] = {}
+        self._verified: dict[bytes, tuple[_Verified, float]] = {}
 
     async def authenticate(self, token: str) -> Caller:
         """The caller ``token`` proves to be; ``InvalidClient`` says why not."""
@@ -164,12 +197,33 @@ class WorkloadAuthenticator:
         now = self._clock()
         remembered = self._verified.get(digest)
         if remembered is not None and now < remembered[1]:
-            return remembered[0]
-        caller, exp = await self._verify(token, now)
-        self._remember(digest, caller, exp, now)
-        return caller
+            verified = remembered[0]
+        else:
+            verified = await self._verify(token, now)
+            self._remember(digest, verified, now)
+        await self._check_replay(verified)
+        return verified.caller
 
-    async def _verify(self, token: str, now: float) -> tuple[Caller, float]:
+    async def _check_replay(self, verified: _Verified) -> None:
+        issuer = verified.issuer
+        if issuer.replay == "allow":
+            return
+        jti = verified.jti
+        if jti is None:
+            if issuer.require_jti:
+                raise ReplayRefused(
+                    "workload token has no jti claim; its issuer's tokens are accepted once each"
+                )
+            return  # nothing to tell one presentation from the next
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+            raise ReplayRefused(
+                f"workload token jti claim is not a string of 1 to {MAX_JTI_CHARS} characters"
+            )
+        # Until the last moment the token itself would still be accepted.
+        if not await self._used_jtis.first_use(issuer.name, jti, verified.exp + issuer.leeway):
+            raise ReplayRefused("workload token was already used (its jti was seen before)")
+
+    async def _verify(self, token: str, now: float) -> _Verified:
         if not looks_like_jwt(token):
             raise InvalidClient("workload token is not a compact JWT")
         header_part, payload_part, _ = token.split(".")
@@ -198,7 +252,7 @@ class WorkloadAuthenticator:
         assert isinstance(claims, dict)  # the same bytes parsed as an object above
         check_claims(issuer, claims, now)
         caller = self._bind(issuer, claims)
-        return caller, float(claims["exp"])
+        return _Verified(caller, issuer, float(claims["exp"]), claims.get("jti"))
 
     def _bind(self, issuer: TrustedIssuer, claims: Mapping[str, Any]) -> Caller:
         subject = claims.get("sub")
@@ -211,9 +265,11 @@ class WorkloadAuthenticator:
         if not matching:
             raise InvalidClient("no caller is bound to this workload identity")
         # The most specific binding wins (a pod-bound caller over its service account's).
-        matching.sort(key=lambda b: len(b.claims), reverse=True)
-        if len(matching) > 1 and len(matching[0].claims) == len(matching[1].claims):
+        # The loader refuses bindings that could tie; this stays as the last line.
+        most = max(len(b.claims) for b in matching)
+        if len({b.caller for b in matching if len(b.claims) == most}) > 1:
             raise InvalidClient("this workload identity matches several callers")
+        matching.sort(key=lambda b: len(b.claims), reverse=True)
         base = self._callers[matching[0].caller]
         pod = claim(claims, (_K8S, "pod", "name"))
         who = f"{subject} pod={pod}" if isinstance(pod, str) else str(subject)
@@ -221,10 +277,10 @@ class WorkloadAuthenticator:
             name=base.name, roles=base.roles, credential=f"jwt:{issuer.name}", subject=who
         )
 
-    def _remember(self, digest: bytes, caller: Caller, exp: float, now: float) -> None:
+    def _remember(self, digest: bytes, verified: _Verified, now: float) -> None:
         if len(self._verified) >= _MAX_REMEMBERED:
             for old in [d for d, (_, until) in self._verified.items() if until <= now]:
                 del self._verified[old]
             while len(self._verified) >= _MAX_REMEMBERED:
                 del self._verified[next(iter(self._verified))]
-        self._verified[digest] = (caller, exp)
+        self._verified[digest] = (verified, min(verified.exp, now + self._remember_for))

@@ -27,6 +27,7 @@ from service.cache.crypto import parse_cache_keys
 from service.client import DEFAULT_CREDENTIAL_PATH
 from service.config import parse_config
 from service.durations import parse_duration
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -369,6 +370,20 @@ def test_plain_redis_url_is_set_directly(renders: dict[str, Rendered]) -> None:
     assert "TOKEN_BROKER_REDIS_URL" not in renders["default-values.yaml"].env()
 
 
+def test_trusted_proxies_become_the_env_variable_only_when_set(
+    chart: helm.Chart, renders: dict[str, Rendered]
+) -> None:
+    """trustedProxies becomes TOKEN_BROKER_TRUSTED_PROXIES as the broker parses it; [] sets none."""
+    for rendered in renders.values():
+        assert "TOKEN_BROKER_TRUSTED_PROXIES" not in rendered.env()
+    values = {"trustedProxies": ["10.42.0.0/16", "192.168.7.1", "fd00::/8"]}
+    env = render(chart, values).env()
+    assert env["TOKEN_BROKER_TRUSTED_PROXIES"] == "10.42.0.0/16,192.168.7.1,fd00::/8"
+    variable = {"trusted_proxies": env["TOKEN_BROKER_TRUSTED_PROXIES"]}
+    parsed = Settings.model_validate(variable).trusted_proxies
+    assert [str(network) for network in parsed] == ["10.42.0.0/16", "192.168.7.1/32", "fd00::/8"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -380,6 +395,8 @@ def test_plain_redis_url_is_set_directly(renders: dict[str, Rendered]) -> None:
         ({"podSecurityContext": {"runAsUser": 0}}, "/podSecurityContext/runAsUser"),
         ({"networkPolicy": {"ingress": {"from": []}}}, "/networkPolicy/ingress/from"),
         ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"trustedProxies": "10.0.0.0/8"}, "/trustedProxies"),
+        ({"trustedProxies": ["10.0.0.0/8 # ingress"]}, "/trustedProxies/0"),
     ],
     ids=[
         "replicaCount-string",
@@ -390,6 +407,8 @@ def test_plain_redis_url_is_set_directly(renders: dict[str, Rendered]) -> None:
         "root-user",
         "network-policy-open-to-all",
         "bad-digest",
+        "trusted-proxies-not-a-list",
+        "trusted-proxies-not-a-cidr",
     ],
 )
 def test_values_schema_refuses_bad_values(chart: helm.Chart, values: Doc, message: str) -> None:

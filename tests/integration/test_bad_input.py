@@ -266,13 +266,8 @@ V1_CASES = [
     Case("v1-json-array", V1, v1_json(["ingestion"]), 400, "invalid_request"),
     Case("v1-json-string", V1, v1_json("ingestion"), 400, "invalid_request"),
     Case("v1-json-null", V1, v1_json(None), 400, "invalid_request"),
-    Case(
-        "v1-empty-scopes",
-        V1,
-        v1_json({"profile": "ingestion", "scopes": []}),
-        400,
-        "invalid_request",
-    ),
+    # "scopes": [] is no longer bad input: blank means the grant's scopes, never an issuer
+    # request without scope (tests/security/test_scope_parsing.py pins it).
     Case("v1-empty-body", V1, v1_raw(b""), 400, "invalid_request"),
     Case(
         "v1-form-content-type",
@@ -338,13 +333,7 @@ V1_CASES = [
         400,
         "invalid_request",
     ),
-    Case(
-        "v1-scope-empty",
-        V1,
-        v1_json({"profile": "ingestion", "scopes": [""]}),
-        400,
-        "invalid_request",
-    ),
+    # "scopes": [""] is blank: the grant's scopes (tests/security/test_scope_parsing.py).
     Case(
         "v1-scope-int", V1, v1_json({"profile": "ingestion", "scopes": [1]}), 400, "invalid_request"
     ),

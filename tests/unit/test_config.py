@@ -641,3 +641,137 @@ def test_two_callers_bound_to_one_identity_are_reported(tmp_path: Path, secret_f
     }
     problems = problems_of(document, tmp_path)
     assert has(problems, "callers.pods-again", "same workload identity as caller 'pods'")
+
+
+# -- one caller per token: ambiguous bindings refuse to start ---------------------------------
+
+SA = "system:serviceaccount:ingestion:runner"
+POD = {"namespace": "ingestion", "service_account": "runner", "pod": "nightly-0"}
+
+
+def two_callers(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The good document with callers ``one`` and ``two`` bound as given, and issuer ``ci``."""
+    document = good_document()
+    del document["callers"]["pods"]
+    document["trusted_issuers"]["ci"] = {"issuer": "https://ci.example.com", "audience": "b"}
+    document["callers"]["one"] = {**first, "grants": []}
+    document["callers"]["two"] = {**second, "grants": []}
+    return document
+
+
+def ci(subject: str = "repo:acme/data", **claims: str) -> dict[str, Any]:
+    """A workload binding on the generic issuer ``ci``."""
+    return {"workload": {"issuer": "ci", "subject": subject, "claims": claims}}
+
+
+def on_cluster(subject: str = SA, **claims: str) -> dict[str, Any]:
+    """A workload binding on the kubernetes issuer ``cluster``."""
+    return {"workload": {"issuer": "cluster", "subject": subject, "claims": claims}}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "fragment"),
+    [
+        (ci(environment="prod"), ci(environment="prod"), "same workload identity"),
+        (ci(environment="prod"), ci(team="data"), "neither binding is more specific"),
+        (ci(environment="prod", a="1"), ci(environment="prod", b="2"), "neither binding"),
+        ({"kubernetes": POD}, {"kubernetes": POD}, "same workload identity"),
+        (on_cluster(), {"kubernetes": {**POD, "pod": None}}, "same workload identity"),
+        (on_cluster(environment="prod"), {"kubernetes": POD}, "neither binding"),
+    ],
+    ids=["equal", "overlap", "overlap-sharing-one", "equal-pods", "sa-twice-mixed", "mixed"],
+)
+def test_bindings_that_could_match_one_token_refuse_to_load(
+    first: dict[str, Any], second: dict[str, Any], fragment: str, tmp_path: Path, secret_file: Path
+) -> None:
+    """Attack: config order deciding which caller a token gets; refused naming both callers."""
+    problems = problems_of(two_callers(first, second), tmp_path)
+    assert has(problems, "callers.two", fragment, "caller 'one'"), problems
+    assert len([line for line in problems if "caller 'one'" in line]) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (ci(), ci(environment="prod")),
+        (ci(environment="prod"), ci(environment="prod", team="data")),
+        ({"kubernetes": {**POD, "pod": None}}, {"kubernetes": POD}),
+        (on_cluster(), {"kubernetes": POD}),
+        (on_cluster(environment="prod"), {"kubernetes": {**POD, "pod": None}}),
+        (ci("repo:acme/data"), ci("repo:acme/other")),
+        (ci(environment="prod"), ci(environment="staging")),
+        (ci(environment="prod", team="data"), ci(environment="staging")),
+        ({"kubernetes": POD}, {"kubernetes": {**POD, "pod": "adhoc-1"}}),
+    ],
+    ids=[
+        "subset",
+        "subset-of-two",
+        "pod-over-service-account",
+        "pod-over-workload-service-account",
+        "workload-claim-over-service-account",
+        "different-subjects",
+        "disagreeing-values",
+        "disagreeing-one-value",
+        "different-pods",
+    ],
+)
+def test_bindings_one_token_cannot_both_match_or_nested_load(
+    first: dict[str, Any], second: dict[str, Any], tmp_path: Path, secret_file: Path
+) -> None:
+    """Strictly nested (more specific wins) or disjoint bindings load; both callers are bound."""
+    config = parse_config(two_callers(first, second), base_dir=tmp_path)
+    assert {b.caller for b in config.workloads} == {"one", "two"}
+
+
+def test_workload_binding_of_a_service_account_is_as_specific_as_a_kubernetes_one(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """A cluster's sub implies its kubernetes.io claims, so both binding forms compare alike."""
+    config = parse_config(two_callers(on_cluster(environment="prod"), ci()), base_dir=tmp_path)
+    binding = next(b for b in config.workloads if b.caller == "one")
+    assert binding.claims == {
+        ("environment",): "prod",
+        ("kubernetes.io", "namespace"): "ingestion",
+        ("kubernetes.io", "serviceaccount", "name"): "runner",
+    }
+
+
+def test_kubernetes_caller_must_name_its_cluster_when_there_are_several(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """With two clusters, a kubernetes caller without issuer is refused; naming one loads."""
+    document = good_document()
+    document["trusted_issuers"]["east"] = {
+        "kind": "kubernetes",
+        "issuer": "https://east.k8s.example.com",
+        "audience": "token-broker",
+    }
+    problems = problems_of(document, tmp_path)
+    assert has(problems, "callers.pods.kubernetes.issuer", "required", "several")
+    document["callers"]["pods"]["kubernetes"]["issuer"] = "east"
+    (binding,) = parse_config(document, base_dir=tmp_path).workloads
+    assert binding.issuer == "east"
+
+
+# -- replay rule per trusted issuer -----------------------------------------------------------
+
+
+def test_replay_defaults_differ_by_kind_and_can_be_set(tmp_path: Path, secret_file: Path) -> None:
+    """Generic issuers refuse a reused jti by default, clusters allow it; both are settable."""
+    document = good_document()
+    document["trusted_issuers"].update(
+        {
+            "ci": {"issuer": "https://ci.example.com", "audience": "b"},
+            "lax": {"issuer": "https://lax.example.com", "audience": "b", "replay": "allow"},
+            "nojti": {"issuer": "https://n.example.com", "audience": "b", "require_jti": False},
+        }
+    )
+    issuers = parse_config(document, base_dir=tmp_path).trusted_issuers
+    assert (issuers["cluster"].replay, issuers["cluster"].require_jti) == ("allow", True)
+    assert (issuers["ci"].replay, issuers["ci"].require_jti) == ("refuse", True)
+    assert issuers["lax"].replay == "allow"
+    assert (issuers["nojti"].replay, issuers["nojti"].require_jti) == ("refuse", False)
+    document["trusted_issuers"]["cluster"]["replay"] = "refuse"
+    assert parse_config(document, base_dir=tmp_path).trusted_issuers["cluster"].replay == "refuse"
+    document["trusted_issuers"]["cluster"]["replay"] = "sometimes"
+    assert has(problems_of(document, tmp_path), "trusted_issuers.cluster.replay")

@@ -8,13 +8,15 @@ from joserfc.jwk import ECKey, RSAKey
 
 from service.callers.jwt import (
     PublicKey,
+    ReplayRefused,
     WorkloadAuthenticator,
     check_claims,
     key_matches,
     looks_like_jwt,
 )
+from service.callers.replay import UsedJtis
 from service.config import TrustedIssuer, WorkloadBinding
-from service.errors import InvalidClient
+from service.errors import CacheUnavailable, InvalidClient
 from service.models import Caller
 
 NOW = 1_800_000_000.0
@@ -23,7 +25,7 @@ EC = ECKey.generate_key("P-256", parameters={"kid": "e1"})
 
 
 def issuer(**overrides: object) -> TrustedIssuer:
-    """A kubernetes trusted issuer with a 30 s leeway."""
+    """A kubernetes trusted issuer with a 30 s leeway (replay allowed, as the loader makes it)."""
     values: dict[str, object] = {
         "name": "cluster",
         "kind": "kubernetes",
@@ -35,6 +37,7 @@ def issuer(**overrides: object) -> TrustedIssuer:
         "algorithms": ("RS256", "ES256"),
         "leeway": 30,
         "required_claims": {},
+        "replay": "allow",
     }
     values.update(overrides)
     return TrustedIssuer(**values)  # type: ignore[arg-type]
@@ -158,3 +161,135 @@ async def test_verified_tokens_are_remembered_until_they_expire() -> None:
     with pytest.raises(InvalidClient, match="expired"):
         await auth.authenticate(token)
     assert keys.lookups == 2
+
+
+class WithdrawableKeys:
+    """A KeySource whose issuer may stop publishing its keys."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, PublicKey] = {"r1": RSA, "e1": EC}
+        self.lookups = 0
+
+    async def key(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> PublicKey:
+        """The published key of ``kid``, else the refusal JwksKeySource gives."""
+        del issuer, alg
+        self.lookups += 1
+        found = self.published.get(kid or "")
+        if found is None:
+            raise InvalidClient("workload token is signed by a key its issuer does not publish")
+        return found
+
+
+def generic(**overrides: object) -> TrustedIssuer:
+    """A generic issuer with the loader's defaults: replay refused, jti required."""
+    return issuer(kind="generic", replay="refuse", **overrides)
+
+
+def authenticator(
+    trusted: TrustedIssuer, keys: WithdrawableKeys, now: list[float], **kwargs: object
+) -> WorkloadAuthenticator:
+    """Caller ``ci`` bound to the subject of ``claims()`` on ``trusted``."""
+    binding = WorkloadBinding("ci", trusted.name, "system:serviceaccount:ingestion:runner", {})
+    return WorkloadAuthenticator(
+        {trusted.name: trusted},
+        [binding],
+        {"ci": Caller("ci")},
+        keys,
+        clock=lambda: now[0],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def signed(**overrides: object) -> str:
+    """``claims(**overrides)`` signed with the RSA key ``r1``."""
+    return jwt.encode({"alg": "RS256", "kid": "r1"}, claims(**overrides), RSA, algorithms=["RS256"])
+
+
+async def test_a_withdrawn_key_stops_vouching_for_remembered_tokens() -> None:
+    """Attack: a token signed by a revoked key lives on in the memo until its exp (here 600 s)."""
+    now, keys = [NOW], WithdrawableKeys()
+    auth = authenticator(issuer(), keys, now, remember_for=60.0)
+    token = signed()
+    await auth.authenticate(token)
+    del keys.published["r1"]
+    await auth.authenticate(token)  # within remember_for: the memo answers
+    assert keys.lookups == 1
+    now[0] = NOW + 61
+    with pytest.raises(InvalidClient, match="does not publish"):
+        await auth.authenticate(token)
+
+
+async def test_replay_refuse_is_checked_on_every_presentation_even_when_remembered() -> None:
+    """Attack: replaying a verified assertion, served from the memo, is refused all the same."""
+    now, keys = [NOW], WithdrawableKeys()
+    auth = authenticator(generic(), keys, now)
+    token = signed(jti="a1")
+    assert (await auth.authenticate(token)).name == "ci"
+    with pytest.raises(ReplayRefused, match="already used"):
+        await auth.authenticate(token)
+    assert keys.lookups == 1
+    # Another token with the same jti is the same assertion to the issuer.
+    with pytest.raises(ReplayRefused, match="already used"):
+        await auth.authenticate(signed(jti="a1", iat=NOW - 5))
+
+
+@pytest.mark.parametrize(
+    ("jti", "reason"),
+    [
+        (None, "no jti"),
+        (12345, "not a string"),
+        ("", "not a string"),
+        ("J" * 257, "not a string of 1 to 256"),
+    ],
+)
+async def test_missing_or_malformed_jti_is_refused_without_echoing_it(
+    jti: object, reason: str
+) -> None:
+    """A replay: refuse issuer's token without a usable jti is refused; the jti is never echoed."""
+    auth = authenticator(generic(), WithdrawableKeys(), [NOW])
+    token = signed() if jti is None else signed(jti=jti)
+    with pytest.raises(ReplayRefused, match=reason) as info:
+        await auth.authenticate(token)
+    assert "JJJJ" not in info.value.description
+    assert "12345" not in info.value.description
+
+
+async def test_require_jti_false_accepts_tokens_without_jti_each_time() -> None:
+    """require_jti: false: a jti-less token has nothing to track and is accepted repeatedly."""
+    auth = authenticator(generic(require_jti=False), WithdrawableKeys(), [NOW])
+    token = signed()
+    for _ in range(3):
+        assert (await auth.authenticate(token)).name == "ci"
+    with_jti = signed(jti="b2")
+    await auth.authenticate(with_jti)
+    with pytest.raises(ReplayRefused):
+        await auth.authenticate(with_jti)
+
+
+async def test_local_jti_store_refuses_new_assertions_when_full_rather_than_forget() -> None:
+    """Attack: flooding the in-process store to evict a used jti; it refuses (503) instead."""
+    now = [NOW]
+    store = UsedJtis(capacity=2, clock=lambda: now[0])
+    assert await store.first_use("ci", "a", NOW + 10)
+    assert await store.first_use("ci", "b", NOW + 100)
+    assert not await store.first_use("ci", "a", NOW + 10)
+    with pytest.raises(CacheUnavailable):
+        await store.first_use("ci", "c", NOW + 100)
+    assert not await store.first_use("ci", "a", NOW + 10)  # still remembered
+    now[0] = NOW + 10  # a's token has expired: its room is free again
+    assert await store.first_use("ci", "c", NOW + 100)
+    assert not await store.first_use("ci", "b", NOW + 100)
+    # The same jti from another issuer is another assertion: refused for room, not as a replay.
+    with pytest.raises(CacheUnavailable):
+        await store.first_use("other-issuer", "b", NOW + 100)
+
+
+async def test_local_jti_store_keeps_an_expired_tokens_jti_at_least_a_second() -> None:
+    """A jti whose token's life is already over is still kept for the 1 s minimum."""
+    now = [NOW]
+    store = UsedJtis(clock=lambda: now[0])
+    assert await store.first_use("ci", "late", NOW - 5)
+    now[0] = NOW + 0.9
+    assert not await store.first_use("ci", "late", NOW - 5)
+    now[0] = NOW + 1.0
+    assert await store.first_use("ci", "late", NOW - 5)
