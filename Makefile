@@ -27,10 +27,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# redis-server and node are system packages; install them only when missing.
+# redis-server and node are system packages; install them only when missing. Debian 12's
+# nodejs is 18, too old for the identity providers: the check says so now, with the fix.
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	@sh scripts/check-node.sh
 
 # The same helper the test fixtures use: reinstalls only when package-lock.json changed.
 node-deps: install system-deps

@@ -1,11 +1,11 @@
-"""``token-broker``: serve, check-config, new-key, new-cache-key, token, exec, sidecar."""
+"""``token-broker``: serve, check-config, new-key, new-cache-key, token, exec, sidecar, admin."""
 
 from __future__ import annotations
 
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,37 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("token-broker")
+    except PackageNotFoundError:
+        # Run from a source tree that was never installed.
+        from service import __version__  # noqa: PLC0415
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"token-broker {_version()}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Hands short-lived OIDC tokens to ingestion runners; holds the client secrets."""
+    del version
 
 
 def _settings(config: Path | None) -> object:
@@ -50,7 +81,16 @@ ConfigOption = Annotated[
 
 
 @app.command("check-config")
-def check_config(config: ConfigOption = None) -> None:
+def check_config(
+    config: ConfigOption = None,
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect",
+            help="Also reach Redis and every issuer (no secret sent); exit 1 if any fails.",
+        ),
+    ] = False,
+) -> None:
     """Validate the settings and broker YAML; list every problem; exit 1 if any."""
     from service.runtime import load_checked  # noqa: PLC0415
     from service.settings import Settings  # noqa: PLC0415
@@ -66,10 +106,33 @@ def check_config(config: ConfigOption = None) -> None:
         f"ok: {len(loaded.profiles)} profile(s), {len(loaded.callers)} caller(s) "
         f"in {settings.config}"
     )
+    if connect:
+        from service.reachability import check_all  # noqa: PLC0415
+
+        results = check_all(settings, loaded)
+        for result in results:
+            typer.echo(result.line())
+        if not all(result.ok for result in results):
+            raise typer.Exit(1)
 
 
 @app.command()
-def serve(config: ConfigOption = None) -> None:
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default: $TOKEN_BROKER_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Listen port (default: $TOKEN_BROKER_PORT)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, max=64, help="Worker processes (default: $TOKEN_BROKER_WORKERS)."
+        ),
+    ] = None,
+) -> None:
     """Run the HTTP API (uvicorn; TOKEN_BROKER_HOST/PORT/WORKERS)."""
     import os  # noqa: PLC0415
 
@@ -79,6 +142,11 @@ def serve(config: ConfigOption = None) -> None:
     from service.runtime import load_checked  # noqa: PLC0415
     from service.settings import Settings  # noqa: PLC0415
 
+    # Through the environment, not Settings(...) arguments: worker processes build their
+    # settings from it, and the flag must win there too.
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"TOKEN_BROKER_{name}"] = str(value)
     settings = _settings(config)
     assert isinstance(settings, Settings)
     try:
@@ -118,9 +186,20 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 @app.command("new-key")
-def new_key(caller: Annotated[str, typer.Option(help="Caller name in the broker YAML.")]) -> None:
+def new_key(
+    caller: Annotated[str, typer.Option(help="Caller name in the broker YAML.")],
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='One JSON object: {"caller", "key", "api_key_sha256"}.'),
+    ] = False,
+) -> None:
     """Print a new API key once, and the config line that admits it."""
     key = new_api_key()
+    if as_json:
+        import json  # noqa: PLC0415
+
+        typer.echo(json.dumps({"caller": caller, "key": key, "api_key_sha256": key_hash(key)}))
+        return
     typer.echo(f"API key for caller '{caller}' (shown once; store it in your secret manager):")
     typer.echo(key)
     typer.echo("")
@@ -389,6 +468,157 @@ def sidecar(  # noqa: PLR0917 (typer maps each parameter to an option)
     if status != 0:
         typer.echo(f"token-broker sidecar: no token with {seconds} s to live was written", err=True)
     raise typer.Exit(status)
+
+
+admin_app = typer.Typer(
+    name="admin",
+    help="For the secret team, over the admin API (a caller with the admin role).\n\n"
+    "Credential: TOKEN_BROKER_CREDENTIAL or TOKEN_BROKER_CREDENTIAL_FILE, as for `token`.",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="The broker's JSON answer, unformatted.")]
+
+
+def _admin(
+    url: str, method: str, path: str, params: dict[str, str] | None = None
+) -> dict[str, Any]:
+    from service.client import ClientError, admin_call, credential_from_env  # noqa: PLC0415
+
+    try:
+        return admin_call(url, credential_from_env(), method, path, params=params)
+    except ClientError as exc:
+        if exc.status == 401:  # noqa: PLR2004
+            message = f"the broker refused the credential: {exc.detail}"
+        elif exc.status == 403:  # noqa: PLR2004
+            message = "this caller lacks the admin role"
+        elif exc.status == 404:  # noqa: PLR2004
+            message = exc.detail
+        else:
+            message = str(exc)
+        typer.echo(f"token-broker admin: {message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_json(body: dict[str, Any]) -> None:
+    import json  # noqa: PLC0415
+
+    typer.echo(json.dumps(body, indent=2))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _span(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@admin_app.command("profiles")
+def admin_profiles(url: UrlOption = DEFAULT_BROKER_URL, as_json: JsonOption = False) -> None:
+    """Each profile: issuer, circuit state, last exchange, cached scope sets (never a token)."""
+    body = _admin(url, "GET", "/v1/profiles")
+    if as_json:
+        _print_json(body)
+        return
+    profiles = body.get("profiles", [])
+    rows = []
+    for profile in profiles:
+        last = profile.get("last_exchange") or {}
+        rows.append(
+            [
+                str(profile["name"]),
+                str(profile.get("issuer") or profile.get("token_endpoint") or "-"),
+                str(profile.get("circuit", "-")),
+                f"{last['time']} {last['outcome']}" if last else "-",
+            ]
+        )
+    _table(["PROFILE", "ISSUER", "CIRCUIT", "LAST EXCHANGE"], rows)
+    cached = [
+        [
+            str(profile["name"]),
+            " ".join(entry["scopes"]) or "-",
+            _span(entry["expires_in"]),
+            str(entry["expires_at"]),
+            str(entry.get("fingerprint", "-")),
+        ]
+        for profile in profiles
+        for entry in profile.get("cached", [])
+    ]
+    typer.echo("")
+    if cached:
+        _table(["PROFILE", "CACHED SCOPES", "EXPIRES IN", "EXPIRES AT", "FINGERPRINT"], cached)
+    else:
+        typer.echo("no cached tokens in this replica")
+
+
+def _credential_text(credential: dict[str, Any]) -> str:
+    kind = credential.get("kind")
+    if kind == "api_key":
+        return "api_key" if credential.get("keys", 1) == 1 else f"api_key ({credential['keys']})"
+    if kind == "kubernetes":
+        text = f"kubernetes {credential['namespace']}/{credential['service_account']}"
+        if credential.get("pod"):
+            text += f" pod={credential['pod']}"
+        return text + (f" issuer={credential['issuer']}" if credential.get("issuer") else "")
+    if kind == "workload":
+        return f"workload {credential['issuer']} sub={credential['subject']}"
+    return str(kind)
+
+
+@admin_app.command("policy")
+def admin_policy(
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="Only callers granted this profile.")
+    ] = None,
+    caller: Annotated[str | None, typer.Option("--caller", help="Only this caller.")] = None,
+    url: UrlOption = DEFAULT_BROKER_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Who may get what: each caller's credentials, roles and grants (never key hashes)."""
+    params = {name: value for name, value in (("profile", profile), ("caller", caller)) if value}
+    body = _admin(url, "GET", "/v1/policy", params)
+    if as_json:
+        _print_json(body)
+        return
+    rows: list[list[str]] = []
+    for entry in body.get("callers", []):
+        credentials = ", ".join(_credential_text(c) for c in entry.get("credentials", [])) or "-"
+        who = [str(entry["name"]), credentials, ",".join(entry.get("roles", [])) or "-"]
+        # A caller without grants still gets a row: an admin-only caller is part of the answer.
+        grants = entry.get("grants") or [{"profile": "-", "scopes": [], "max_ttl": None}]
+        rows.extend(
+            [*who, str(g["profile"]), " ".join(g["scopes"]) or "-", _span(g.get("max_ttl"))]
+            for g in grants
+        )
+    _table(["CALLER", "CREDENTIALS", "ROLES", "PROFILE", "SCOPES", "MAX TTL"], rows)
+
+
+@admin_app.command("invalidate")
+def admin_invalidate(
+    profile: Annotated[str, typer.Argument(help="Profile whose cached tokens to drop.")],
+    url: UrlOption = DEFAULT_BROKER_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Drop the profile's cached tokens in every replica; the next request asks the issuer."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    body = _admin(url, "POST", f"/v1/profiles/{quote(profile, safe='')}/invalidate")
+    if as_json:
+        _print_json(body)
+        return
+    typer.echo(f"dropped the cached tokens of profile '{profile}' in every replica")
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Runner-side HTTP client: asks a running broker for a token (``token``, ``exec``, ``sidecar``).
 
+Also carries ``token-broker admin``'s calls, so both authenticate the same way.
+
 Kept light on purpose (no FastAPI, pydantic or broker config imports): it runs in every
 Airflow task and ingestion pod, where start-up time is paid on every run.
 """
@@ -46,7 +48,8 @@ class ClientError(Exception):
     """The broker could not be asked, or said no; the message is safe to print.
 
     ``status`` is the broker's HTTP status (None when it was never reached), ``error`` its
-    RFC 6749 error code, ``retry_after`` its Retry-After in seconds when it sent one.
+    RFC 6749 error code, ``detail`` its error_description, ``retry_after`` its Retry-After in
+    seconds when it sent one.
     """
 
     def __init__(
@@ -55,11 +58,13 @@ class ClientError(Exception):
         *,
         status: int | None = None,
         error: str | None = None,
+        detail: str = "",
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
+        self.detail = detail
         self.retry_after = retry_after
 
     @property
@@ -188,14 +193,7 @@ def parse_response(status: int, headers: Mapping[str, str], content: bytes) -> F
             retry_after=_retry_after(headers.get("retry-after")),
         ) from None
     if status != 200:  # noqa: PLR2004
-        error = data.get("error", "error") if isinstance(data, dict) else "error"
-        detail = data.get("error_description", "") if isinstance(data, dict) else ""
-        raise ClientError(
-            f"broker refused (HTTP {status} {error}): {detail}",
-            status=status,
-            error=str(error),
-            retry_after=_retry_after(headers.get("retry-after")),
-        )
+        raise _refusal(status, headers, data)
     try:
         return FetchedToken(
             access_token=str(data["access_token"]),
@@ -207,6 +205,49 @@ def parse_response(status: int, headers: Mapping[str, str], content: bytes) -> F
         )
     except (KeyError, TypeError, ValueError):
         raise ClientError("broker answered 200 without a usable token", status=status) from None
+
+
+def _refusal(status: int, headers: Mapping[str, str], data: object) -> ClientError:
+    error = data.get("error", "error") if isinstance(data, dict) else "error"
+    detail = data.get("error_description", "") if isinstance(data, dict) else ""
+    return ClientError(
+        f"broker refused (HTTP {status} {error}): {detail}",
+        status=status,
+        error=str(error),
+        detail=str(detail),
+        retry_after=_retry_after(headers.get("retry-after")),
+    )
+
+
+def admin_call(
+    url: str,
+    credential: str,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One admin API call (``GET /v1/profiles`` ...): its JSON object, or ``ClientError``."""
+    try:
+        response = httpx2.request(
+            method,
+            url.rstrip("/") + path,
+            params=dict(params or {}),
+            headers={"Authorization": f"Bearer {credential}"},
+            timeout=timeout,
+        )
+    except httpx2.HTTPError as exc:
+        raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    if response.status_code != 200:  # noqa: PLR2004
+        raise _refusal(response.status_code, response.headers, data)
+    if not isinstance(data, dict):
+        raise ClientError("broker answered 200 without a JSON object", status=200)
+    return data
 
 
 def _token_request(url: str, credential: str, body: dict[str, Any]) -> dict[str, Any]:

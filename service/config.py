@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from service.durations import parse_duration
 from service.errors import ConfigError
@@ -146,6 +149,188 @@ class CallerSpec(_Strict):
     grants: list[GrantSpec] = Field(default_factory=list)
 
 
+# -- problems in the broker's words --------------------------------------------------------
+# pydantic's own messages name its types ("constrained-str", "Extra inputs are not
+# permitted"); an operator needs the expected form. One table from pydantic's error type to
+# our wording (formatted with the error's ctx, which holds limits, never the input), then a
+# hint per field whose form is specific, which wins over the generic wording.
+WORDING: Mapping[str, str] = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "model_type": "expected a mapping of settings",
+    "model_attributes_type": "expected a mapping of settings",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected text",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "literal_error": "expected {expected}",
+    "string_pattern_mismatch": "not in the expected form",
+    "string_too_short": "expected at least {min_length} character(s)",
+    "string_too_long": "expected at most {max_length} character(s)",
+    "too_short": "expected at least {min_length} item(s)",
+    "too_long": "expected at most {max_length} item(s)",
+    "greater_than": "expected more than {gt}",
+    "greater_than_equal": "expected at least {ge}",
+    "less_than": "expected less than {lt}",
+    "less_than_equal": "expected at most {le}",
+    "value_error": "{error}",
+}
+
+
+def wording(err: ErrorDetails, table: Mapping[str, str] = WORDING) -> str:
+    """One pydantic error's reason in the broker's words (never the offending input)."""
+    template = table.get(err["type"])
+    if template is None:
+        return err["msg"]
+    try:
+        return template.format_map(err.get("ctx") or {})
+    except (KeyError, IndexError, ValueError):
+        return err["msg"]
+
+
+_DURATION = "a duration in seconds or with a unit (examples: 3600, 90m, 4h)"
+_SCOPES = (
+    "a list of scope tokens (printable ASCII without spaces, quotes or backslashes), "
+    "e.g. [ingestion, read]"
+)
+_K8S_NAME = (
+    "a Kubernetes name: lowercase letters, digits, '-' and '.', starting and ending with a "
+    "letter or digit, e.g. ingestion"
+)
+_ISSUER_NAME = "the name of an entry under trusted_issuers, e.g. cluster"
+_CLAIMS = "a mapping of claim name to its exact text value, e.g. {repository_owner: acme}"
+
+
+def _url(example: str) -> str:
+    return f"an https URL (plain http only on loopback), e.g. {example}"
+
+
+# {name} is the entry's own name (a profile or caller name the operator wrote).
+_HINTS: Mapping[tuple[type[BaseModel], str], str] = {
+    (ProfileSpec, "issuer"): _url("https://sso.example.com/realms/data"),
+    (ProfileSpec, "token_endpoint"): _url("https://sso.example.com/oauth2/token"),
+    (ProfileSpec, "subdomain"): (
+        "the OneLogin subdomain: lowercase letters, digits and '-', e.g. acme for acme.onelogin.com"
+    ),
+    (ProfileSpec, "client_id"): "the client id registered at the issuer (1 to 512 characters)",
+    (ProfileSpec, "scopes"): _SCOPES,
+    (ProfileSpec, "extra_params"): (
+        "a mapping of form parameter to text, e.g. {organization: data}"
+    ),
+    (GrantSpec, "profile"): "the name of an entry under profiles, e.g. ingestion",
+    (GrantSpec, "scopes"): _SCOPES,
+    (GrantSpec, "max_ttl"): _DURATION,
+    (TrustedIssuerSpec, "issuer"): _url("https://token.actions.githubusercontent.com"),
+    (TrustedIssuerSpec, "audience"): (
+        "the audience its tokens carry for the broker (1 to 512 characters), e.g. token-broker"
+    ),
+    (TrustedIssuerSpec, "jwks_url"): _url("https://kubernetes.example.com/openid/v1/jwks"),
+    (TrustedIssuerSpec, "algorithms"): (
+        "a list of asymmetric algorithms among RS256, RS384, RS512, PS256, PS384, PS512, "
+        "ES256, ES384 (HMAC and none are refused), e.g. [RS256, ES256]"
+    ),
+    (TrustedIssuerSpec, "leeway"): f"{_DURATION}, at most {MAX_LEEWAY_SECONDS} seconds",
+    (TrustedIssuerSpec, "required_claims"): _CLAIMS,
+    (KubernetesSpec, "namespace"): _K8S_NAME,
+    (KubernetesSpec, "service_account"): _K8S_NAME,
+    (KubernetesSpec, "pod"): _K8S_NAME,
+    (KubernetesSpec, "issuer"): _ISSUER_NAME,
+    (WorkloadSpec, "issuer"): _ISSUER_NAME,
+    (WorkloadSpec, "subject"): (
+        "the exact sub of the workload's tokens (1 to 512 characters), "
+        "e.g. repo:acme/data:ref:refs/heads/main"
+    ),
+    (WorkloadSpec, "claims"): _CLAIMS,
+    (CallerSpec, "api_key_sha256"): (
+        "the hex SHA-256 of an API key (64 characters 0-9a-f), or a list of them; "
+        "`token-broker new-key --caller {name}` prints one"
+    ),
+    (CallerSpec, "kubernetes"): "{{namespace: NS, service_account: NAME}}, optionally pod, issuer",
+    (CallerSpec, "workload"): "{{issuer: NAME, subject: SUB}}, optionally claims",
+    (CallerSpec, "roles"): "a list of roles; the only role is admin",
+    (CallerSpec, "grants"): "a list of grants, e.g. [{{profile: ingestion, max_ttl: 4h}}]",
+}
+# Where a union's branch or a dict key's check shows in pydantic's loc: not a field.
+_NOT_A_FIELD = re.compile(
+    r"\[key\]|constrained-str|str|int|bool|float|none"
+    r"|(?:list|dict|literal|nullable|union|function-[a-z]+)\[.*\]"
+)
+
+
+@dataclass(frozen=True)
+class _Spot:
+    """Where in an entry a pydantic error points, in the YAML's own terms."""
+
+    path: str  # ".kubernetes.namespace", "[0]" ...: the loc without pydantic's own parts
+    field_path: str  # the path up to its deepest model field, "" for the entry itself
+    field: tuple[type[BaseModel], str] | None  # that field and the model declaring it
+    model: type[BaseModel] | None  # the model the last part of the path was looked up in
+
+
+def _submodel(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds, through Optional and list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _submodel(arg)) is not None:
+            return found
+    return None
+
+
+def _locate(model: type[BaseModel], loc: Iterable[int | str]) -> _Spot:
+    path = field_path = ""
+    field: tuple[type[BaseModel], str] | None = None
+    current: type[BaseModel] | None = model
+    looked_up_in: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        if _NOT_A_FIELD.fullmatch(part):
+            continue
+        path += f".{part}"
+        looked_up_in = current
+        if current is not None and part in current.model_fields:
+            field, field_path = (current, part), path
+            current = _submodel(current.model_fields[part].annotation)
+        else:
+            current = None  # a mapping's key: what lies below is no model of ours
+    return _Spot(path, field_path, field, looked_up_in)
+
+
+def explain(where: str, name: str, model: type[BaseModel], exc: ValidationError) -> list[str]:
+    """The problems of one entry ``where`` (named ``name``), one line per field at most."""
+    lines: dict[str, str] = {}  # by path: a union's failing branches make one line, not two
+    for err in exc.errors(include_input=False, include_url=False):
+        spot = _locate(model, err["loc"])
+        hint = _HINTS.get(spot.field) if spot.field is not None else None
+        hint = hint.format(name=name) if hint is not None else None
+        if err["type"] == "extra_forbidden":
+            key, reason = spot.path, "unknown key" + _did_you_mean(spot, err["loc"])
+        elif err["type"] == "missing":
+            key, reason = spot.path, f"required: {hint}" if hint else "required"
+        elif hint is not None:
+            key, reason = spot.field_path, f"expected {hint}"
+        else:
+            key, reason = spot.path, wording(err)
+        lines.setdefault(key, f"{where}{key}: {reason}")
+    return list(lines.values())
+
+
+def _did_you_mean(spot: _Spot, loc: tuple[int | str, ...]) -> str:
+    # The unknown key is the operator's own YAML key, not a value: naming it is safe.
+    if spot.model is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    known = list(spot.model.model_fields)
+    return _close_to(loc[-1], known) or "; known keys: " + ", ".join(known)
+
+
 class SecretSource:
     """Where a secret lives; read on use so a rotated file is picked up without restart."""
 
@@ -263,10 +448,18 @@ def load_config(path: Path, *, allow_inline_secrets: bool = False) -> BrokerConf
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+        raise ConfigError([f"{path}: {_yaml_problem(exc)}"]) from None
     return parse_config(raw, base_dir=path.parent, allow_inline_secrets=allow_inline_secrets)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # Position and the parser's reason only: the offending text (the parser's snippet) may
+    # be part of a secret pasted into the file.
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return "not valid YAML"
+    mark = exc.problem_mark
+    reason = f": {exc.problem}" if exc.problem else ""
+    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}{reason}"
 
 
 def parse_config(
@@ -276,28 +469,40 @@ def parse_config(
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(["top level: must be a mapping with 'profiles' and 'callers'"])
-    problems += [f"{key}: unknown key" for key in raw if key not in _TOP_LEVEL]
-    profile_specs = _section(raw, "profiles", ProfileSpec, problems)
-    caller_specs = _section(raw, "callers", CallerSpec, problems)
-    issuer_specs = (
+    problems += [
+        f"{key}: unknown key{_close_to(key, _TOP_LEVEL)}" for key in raw if key not in _TOP_LEVEL
+    ]
+    profile_section = _section(raw, "profiles", ProfileSpec, problems)
+    caller_section = _section(raw, "callers", CallerSpec, problems)
+    issuer_section = (
         _section(raw, "trusted_issuers", TrustedIssuerSpec, problems)
         if raw.get("trusted_issuers") is not None
-        else {}
+        else Section[TrustedIssuerSpec]()
     )
-    trusted = _trusted_issuers(issuer_specs, base_dir, problems)
+    trusted = _trusted_issuers(issuer_section, base_dir, problems)
 
     profiles: dict[str, Profile] = {}
-    for name, spec in profile_specs.items():
-        profile = _profile(name, spec, base_dir, allow_inline_secrets, problems)
+    for name, spec in profile_section.specs.items():
+        broken = profile_section.broken.get(name, frozenset())
+        profile = _profile(
+            name, spec, broken, problems, base_dir=base_dir, allow_inline=allow_inline_secrets
+        )
         if profile is not None:
             profiles[name] = profile
 
     rules: dict[str, dict[str, GrantRule]] = {}
     api_keys: dict[str, str] = {}
     workloads: list[WorkloadBinding] = []
+    caller_specs = caller_section.specs
     for name, caller in caller_specs.items():
         where = f"callers.{name}"
-        if caller.api_key_sha256 is None and caller.kubernetes is None and caller.workload is None:
+        broken = caller_section.broken.get(name, frozenset())
+        if (
+            caller.api_key_sha256 is None
+            and caller.kubernetes is None
+            and caller.workload is None
+            and not broken & _CREDENTIALS
+        ):
             problems.append(f"{where}: needs a credential (api_key_sha256, kubernetes or workload)")
         hashes = caller.api_key_sha256
         for digest in [hashes] if isinstance(hashes, str) else hashes or []:
@@ -306,8 +511,8 @@ def parse_config(
                 problems.append(f"{where}.api_key_sha256: same key hash as caller '{other}'")
         if isinstance(hashes, list) and not hashes:
             problems.append(f"{where}.api_key_sha256: an empty list admits no key")
-        workloads += _bindings(where, name, caller, issuer_specs, problems)
-        rules[name] = _grants(where, caller, profile_specs, problems)
+        workloads += _bindings(where, name, caller, issuer_section, problems)
+        rules[name] = _grants(where, caller, profile_section, problems)
     _check_unique_bindings(workloads, problems)
 
     if problems:
@@ -322,57 +527,124 @@ def parse_config(
     )
 
 
-def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str]) -> dict[str, M]:
+@dataclass
+class Section(Generic[M]):
+    """One section's entries: what validated, and what failed where."""
+
+    # Validated entries, and broken ones salvaged with their failing fields at the default
+    # (those fields are already reported), so the checks that follow still run on the rest.
+    specs: dict[str, M] = dataclasses.field(default_factory=dict)
+    # Entry name -> its fields that failed validation. Every entry with a valid name is here
+    # or in specs, so a grant naming a broken profile does not call it unknown.
+    broken: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs or name in self.broken
+
+
+_CREDENTIALS = frozenset({"api_key_sha256", "kubernetes", "workload"})
+
+
+def _close_to(key: object, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str]) -> Section[M]:
+    out = Section[M]()
     section = raw.get(key)
     if section is None:
         problems.append(f"{key}: required")
-        return {}
+        return out
     if not isinstance(section, dict):
-        problems.append(f"{key}: must be a mapping of name to settings")
-        return {}
-    out: dict[str, M] = {}
+        problems.append(f"{key}: must be a mapping of name to settings, e.g. {{ingestion: ...}}")
+        return out
     for name, body in section.items():
         if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            problems.append(f"{key}.{name}: names use letters, digits, '.', '_', '-' (max 64)")
+            problems.append(
+                f"{key}.{name}: names use letters, digits, '.', '_', '-' (max 64), e.g. ingestion"
+            )
             continue
         try:
-            out[name] = model.model_validate(body if body is not None else {})
+            out.specs[name] = model.model_validate(body if body is not None else {})
         except ValidationError as exc:
-            errors = exc.errors(include_input=False, include_url=False)
-            for err in errors:
-                loc = ".".join(str(part) for part in err["loc"])
-                problems.append(f"{key}.{name}{'.' + loc if loc else ''}: {err['msg']}")
-            # Unknown keys alone must not hide the entry's other problems: check the rest too.
-            if isinstance(body, dict) and all(e["type"] == "extra_forbidden" for e in errors):
-                known = {k: v for k, v in body.items() if k in model.model_fields}
+            problems += explain(f"{key}.{name}", name, model, exc)
+            failed = {e["loc"][0] for e in exc.errors() if e["loc"]} & set(model.model_fields)
+            out.broken[name] = frozenset(str(field) for field in failed)
+            # The rest of the entry is still checked: one typo must not hide other problems.
+            if isinstance(body, dict):
+                rest = {k: v for k, v in body.items() if k in model.model_fields}
+                rest = {k: v for k, v in rest.items() if k not in failed}
                 with contextlib.suppress(ValidationError):
-                    out[name] = model.model_validate(known)
+                    out.specs[name] = model.model_validate(rest)
     return out
 
 
 def _profile(
-    name: str, spec: ProfileSpec, base_dir: Path, allow_inline: bool, problems: list[str]
+    name: str,
+    spec: ProfileSpec,
+    broken: frozenset[str],
+    problems: list[str],
+    *,
+    base_dir: Path,
+    allow_inline: bool,
 ) -> Profile | None:
     where = f"profiles.{name}"
-    before = len(problems)
+    found: list[str] = []
     provider = PROVIDERS[spec.provider]
-    problems += [f"{where}.{line}" for line in provider.problems(spec)]
+    if "provider" not in broken:
+        found += [f"{where}.{line}" for line in provider.problems(spec)]
     issuer = provider.issuer(spec)
     for field, url in (("issuer", issuer), ("token_endpoint", spec.token_endpoint)):
         reason = url_problem(url) if url else None
         if reason:
-            problems.append(f"{where}.{field}: {reason}")
-    problems += [
+            found.append(f"{where}.{field}: {reason}")
+    found += [
         f"{where}.extra_params.{key}: reserved; set it through its own field"
         for key in spec.extra_params
         if key in _RESERVED_PARAMS
     ]
+    secret, key = _credentials(
+        where, spec, broken, found, base_dir=base_dir, allow_inline=allow_inline
+    )
+    # A broken field stands at its default here; what that default would say about it, or
+    # about fields it decides (which secret auth_method needs), is no news to the operator.
+    problems += [
+        line
+        for line in found
+        if not any(line.startswith((f"{where}.{f}:", f"{where}.{f}.")) for f in broken)
+    ]
+    if found or broken:
+        return None
+    return Profile(name, spec, provider, issuer, secret, key)
+
+
+def _credentials(
+    where: str,
+    spec: ProfileSpec,
+    broken: frozenset[str],
+    problems: list[str],
+    *,
+    base_dir: Path,
+    allow_inline: bool,
+) -> tuple[SecretSource | None, SecretSource | None]:
+    """The client secret and private key the profile's auth_method needs."""
     secret = key = None
-    if spec.auth_method == "private_key_jwt":
+    if "auth_method" in broken:
+        # Which secret the profile needs is unknown: check whichever is there, demand none.
+        if spec.client_secret is not None:
+            secret = _secret_source(
+                f"{where}.client_secret", spec.client_secret, base_dir, allow_inline, problems
+            )
+        if spec.private_key is not None:
+            key = _secret_source(
+                f"{where}.private_key", spec.private_key, base_dir, allow_inline, problems
+            )
+    elif spec.auth_method == "private_key_jwt":
         key = _secret_source(
             f"{where}.private_key", spec.private_key, base_dir, allow_inline, problems
         )
-        if key is not None:
+        if key is not None and "signing_alg" not in broken:
             _check_private_key(f"{where}.private_key", key, spec.signing_alg, problems)
         if spec.client_secret is not None:
             problems.append(f"{where}.client_secret: not used with private_key_jwt; remove it")
@@ -382,9 +654,7 @@ def _profile(
         )
         if spec.private_key is not None:
             problems.append(f"{where}.private_key: only used with auth_method private_key_jwt")
-    if len(problems) > before:
-        return None
-    return Profile(name, spec, provider, issuer, secret, key)
+    return secret, key
 
 
 def _secret_source(  # noqa: PLR0911 - one early return per kind of problem
@@ -436,21 +706,24 @@ def _check_private_key(where: str, source: SecretSource, alg: str, problems: lis
 
 
 def _grants(
-    where: str, spec: CallerSpec, profiles: Mapping[str, ProfileSpec], problems: list[str]
+    where: str, spec: CallerSpec, profiles: Section[ProfileSpec], problems: list[str]
 ) -> dict[str, GrantRule]:
     rules: dict[str, GrantRule] = {}
     for index, grant in enumerate(spec.grants):
         at = f"{where}.grants[{index}]"
-        profile = profiles.get(grant.profile)
-        if profile is None:
+        if grant.profile not in profiles:
             problems.append(f"{at}.profile: unknown profile '{grant.profile}'")
             continue
         if grant.profile in rules:
             problems.append(f"{at}.profile: '{grant.profile}' is granted twice; merge the grants")
             continue
-        scopes = frozenset(profile.scopes if grant.scopes is None else grant.scopes)
-        outside = scopes - set(profile.scopes)
-        if outside:
+        profile = profiles.specs.get(grant.profile)
+        # A broken profile's scopes are unknown (already reported): nothing to compare with.
+        known = profile is not None and "scopes" not in profiles.broken.get(grant.profile, ())
+        profile_scopes = frozenset(profile.scopes if profile is not None else ())
+        scopes = frozenset(profile_scopes if grant.scopes is None else grant.scopes)
+        outside = scopes - profile_scopes
+        if outside and known:
             problems.append(
                 f"{at}.scopes: not in profile '{grant.profile}' scopes: {' '.join(sorted(outside))}"
             )
@@ -464,17 +737,17 @@ def _grants(
             profile=grant.profile,
             scopes=scopes,
             max_ttl=max_ttl,
-            profile_scopes=frozenset(profile.scopes),
+            profile_scopes=profile_scopes,
         )
     return rules
 
 
 def _trusted_issuers(
-    specs: Mapping[str, TrustedIssuerSpec], base_dir: Path, problems: list[str]
+    section: Section[TrustedIssuerSpec], base_dir: Path, problems: list[str]
 ) -> dict[str, TrustedIssuer]:
     out: dict[str, TrustedIssuer] = {}
     by_url: dict[str, str] = {}
-    for name, spec in specs.items():
+    for name, spec in section.specs.items():
         where = f"trusted_issuers.{name}"
         before = len(problems)
         issuer = spec.issuer.rstrip("/")
@@ -489,7 +762,7 @@ def _trusted_issuers(
         jwks_file = _existing_file(f"{where}.jwks_file", spec.jwks_file, base_dir, problems)
         ca_file = _existing_file(f"{where}.ca_file", spec.ca_file, base_dir, problems)
         leeway = _leeway(f"{where}.leeway", spec.leeway, problems)
-        if len(problems) == before:
+        if len(problems) == before and name not in section.broken:
             out[name] = TrustedIssuer(
                 name=name,
                 kind=spec.kind,
@@ -533,41 +806,26 @@ def _bindings(
     where: str,
     name: str,
     spec: CallerSpec,
-    issuers: Mapping[str, TrustedIssuerSpec],
+    section: Section[TrustedIssuerSpec],
     problems: list[str],
 ) -> list[WorkloadBinding]:
     found: list[WorkloadBinding] = []
+    # An issuer whose kind is broken (or that could not be salvaged at all) is already
+    # reported; bindings that name it, or might have meant it, are not checked against it.
+    issuers = {n: i for n, i in section.specs.items() if "kind" not in section.broken.get(n, ())}
+    unsure = {n for n in section.broken if n not in issuers}
     if spec.kubernetes is not None:
-        k8s = spec.kubernetes
-        clusters = [n for n, i in issuers.items() if i.kind == "kubernetes"]
-        issuer = k8s.issuer
-        if issuer is None and len(clusters) == 1:
-            issuer = clusters[0]
-        if issuer is None:
-            problems.append(
-                f"{where}.kubernetes.issuer: "
-                + (
-                    "required: several trusted issuers have kind kubernetes"
-                    if clusters
-                    else "no trusted issuer of kind kubernetes is configured"
-                )
-            )
-        elif issuer not in issuers or issuers[issuer].kind != "kubernetes":
-            problems.append(
-                f"{where}.kubernetes.issuer: '{issuer}' is not a trusted issuer of kind kubernetes"
-            )
-        else:
-            claims = _service_account_claims(k8s.namespace, k8s.service_account)
-            if k8s.pod is not None:
-                claims["kubernetes.io", "pod", "name"] = k8s.pod
-            subject = f"system:serviceaccount:{k8s.namespace}:{k8s.service_account}"
-            found.append(WorkloadBinding(name, issuer, subject, claims))
+        found += _kubernetes_binding(where, name, spec.kubernetes, unsure, issuers, problems)
     if spec.workload is not None:
         workload = spec.workload
-        if workload.issuer not in issuers:
+        if workload.issuer in unsure:
+            pass
+        elif workload.issuer not in issuers:
             problems.append(f"{where}.workload.issuer: unknown trusted issuer '{workload.issuer}'")
         else:
-            claims = {(claim,): value for claim, value in workload.claims.items()}
+            claims: dict[tuple[str, ...], str] = {
+                (claim,): value for claim, value in workload.claims.items()
+            }
             parts = workload.subject.split(":")
             if issuers[workload.issuer].kind == "kubernetes" and _is_service_account(parts):
                 # A cluster's tokens carry the subject's namespace and account as claims too
@@ -577,6 +835,42 @@ def _bindings(
                 claims |= _service_account_claims(parts[2], parts[3])
             found.append(WorkloadBinding(name, workload.issuer, workload.subject, claims))
     return found
+
+
+def _kubernetes_binding(  # noqa: PLR0917 - one caller, all of them needed
+    where: str,
+    name: str,
+    k8s: KubernetesSpec,
+    unsure: set[str],
+    issuers: Mapping[str, TrustedIssuerSpec],
+    problems: list[str],
+) -> list[WorkloadBinding]:
+    clusters = [n for n, i in issuers.items() if i.kind == "kubernetes"]
+    issuer = k8s.issuer
+    if issuer is None and len(clusters) == 1 and not unsure:
+        issuer = clusters[0]
+    if issuer in unsure or (issuer is None and unsure and len(clusters) < 2):  # noqa: PLR2004
+        return []
+    if issuer is None:
+        problems.append(
+            f"{where}.kubernetes.issuer: "
+            + (
+                "required: several trusted issuers have kind kubernetes"
+                if clusters
+                else "no trusted issuer of kind kubernetes is configured"
+            )
+        )
+        return []
+    if issuer not in issuers or issuers[issuer].kind != "kubernetes":
+        problems.append(
+            f"{where}.kubernetes.issuer: '{issuer}' is not a trusted issuer of kind kubernetes"
+        )
+        return []
+    claims = _service_account_claims(k8s.namespace, k8s.service_account)
+    if k8s.pod is not None:
+        claims["kubernetes.io", "pod", "name"] = k8s.pod
+    subject = f"system:serviceaccount:{k8s.namespace}:{k8s.service_account}"
+    return [WorkloadBinding(name, issuer, subject, claims)]
 
 
 def _is_service_account(parts: list[str]) -> bool:

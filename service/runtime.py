@@ -21,7 +21,13 @@ from redis.asyncio import Redis
 
 from service import metrics
 from service.broker import Broker, RefreshLock, TokenCache
-from service.cache.connection import connect_redis, redis_ca_file_problem, redis_url_problem
+from service.cache.connection import (
+    connect_redis,
+    describe_redis_target,
+    parse_redis_url,
+    redis_ca_file_problem,
+    redis_url_problem,
+)
 from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
 from service.cache.memory import MemoryTokenCache, TieredTokenCache
 from service.cache.redis import (
@@ -65,7 +71,7 @@ def load_checked(settings: Settings) -> BrokerConfig:
         if settings.cache_keys is None:
             problems.append(
                 "TOKEN_BROKER_CACHE_KEYS (or _FILE): required with TOKEN_BROKER_REDIS_URL, "
-                "tokens are encrypted at rest"
+                "tokens are encrypted at rest; `token-broker new-cache-key` prints a key"
             )
         else:
             try:
@@ -194,6 +200,8 @@ class Runtime:
     def start(self) -> None:
         """Start background work: cross-replica invalidations and the reload watcher."""
         cache = self.shared.cache
+        if self.shared.redis is not None and self.shared.redis_health is not None:
+            self._spawn(self._reach_redis(self.shared.redis, self.shared.redis_health))
         if self.shared.redis is not None and isinstance(cache, TieredTokenCache):
             self._spawn(
                 listen_for_invalidations(
@@ -206,6 +214,25 @@ class Runtime:
         if self.settings.reload_seconds > 0:
             self._spawn(self._watch())
 
+    async def _reach_redis(self, redis: Redis, health: RedisHealth) -> None:
+        """PING Redis now and every probe interval until it first answers.
+
+        Otherwise a wrong host or port would stay silent until the first request. The broker
+        serves meanwhile: a pod restarted during a Redis outage must still become ready.
+        """
+        while not health.reached and not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(redis.ping(), timeout=self.settings.redis_timeout_seconds)
+            except Exception as exc:  # noqa: BLE001 - any failure means not reached yet
+                health.failed(exc)
+            else:
+                health.succeeded()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.redis_probe_seconds
+                )
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
@@ -213,6 +240,8 @@ class Runtime:
 
     async def ready(self) -> dict[str, str]:
         """Dependency states: ``ok``, ``memory`` (no Redis configured) or ``degraded``.
+
+        While degraded, ``redis_detail`` says ``never reached`` (since start) or ``lost``.
 
         A degraded Redis does not make the broker unready: it keeps serving from its
         in-process cache, so taking it out of rotation would only lose capacity.
@@ -228,6 +257,9 @@ class Runtime:
             else:
                 health.succeeded()
             checks["cache"] = "ok" if health.up else "degraded"
+            if not health.up:
+                # Tells a typo in the URL (never reached) from an outage (lost).
+                checks["redis_detail"] = "lost" if health.reached else "never reached"
         return checks
 
     def _watched(self) -> tuple[str, ...]:
@@ -405,7 +437,12 @@ def build_runtime(
     if settings.redis_url is not None:
         assert cipher is not None  # load_checked guarantees cache keys with Redis
         redis = connect_redis(settings)
-        health = RedisHealth(probe_interval=settings.redis_probe_seconds)
+        target = parse_redis_url(settings.redis_url.get_secret_value())
+        health = RedisHealth(
+            probe_interval=settings.redis_probe_seconds,
+            target=describe_redis_target(target),
+            hide=tuple(s for s in (target.password, target.username) if s),
+        )
         redis_cache = RedisTokenCache(redis, cipher, health)
         tiered = TieredTokenCache(
             local,

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # Benchmarks only: adds POST /bench/bare, the same request parsing and response size as
     # POST /v1/token with none of its work, to measure the broker against.
     bench_endpoints: bool = False
+    # /docs and /redoc load their scripts from a public CDN, so on an air-gapped network they
+    # are blank pages; off unless asked for. /openapi.json is served either way.
+    docs: bool = False
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -127,6 +130,8 @@ class Settings(BaseSettings):
                     text = path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     msg = f"TOKEN_BROKER_{name.upper()}_FILE: cannot read {path}: {exc.strerror}"
+                    if name == "cache_keys":
+                        msg += "; `token-broker new-cache-key > FILE` writes a fresh key"
                     raise ValueError(msg) from None
                 setattr(self, name, SecretStr(text))
         return self

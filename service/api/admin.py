@@ -1,8 +1,9 @@
-"""The admin API for the secret team: look at profiles, drop cached tokens everywhere.
+"""The admin API for the secret team: look at profiles and policy, drop cached tokens everywhere.
 
 Only callers with the ``admin`` role get in (403 for everyone else); every call, allowed or
 not, leaves an audit line. Nothing here ever shows a token or a secret: a cached token is
-described by its scopes and expiry, a secret by where it lives and how old that file is.
+described by its scopes, expiry and fingerprint, a secret by where it lives and how old that
+file is, a caller by how it authenticates but never by its key hash.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service import audit, metrics
 from service.api.errors import NO_STORE
 from service.api.routes import ERROR_RESPONSES, bearer_caller, client_address, runtime
-from service.config import Profile, SecretSource
+from service.config import BrokerConfig, CallerSpec, Profile, SecretSource
+from service.durations import parse_duration
 from service.errors import AccessDenied, BrokerError
 from service.models import Caller
 from service.runtime import Runtime
 
-router = APIRouter(prefix="/v1/profiles", tags=["admin"])
+router = APIRouter(prefix="/v1", tags=["admin"])
 
 ADMIN = "admin"
 
@@ -63,6 +65,9 @@ async def _describe(rt: Runtime, profile: Profile) -> dict[str, Any]:
                     "scopes": list(scopes),
                     "expires_at": _iso(token.expires_at),
                     "expires_in": int(token.remaining(now)),
+                    # The audit log's fingerprint, so a cached token can be matched to its
+                    # hand-outs without the token itself ever leaving the broker.
+                    "fingerprint": audit.fingerprint(token.access_token),
                 }
             )
     spec = profile.spec
@@ -86,7 +91,7 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(content=orjson.dumps(body), media_type="application/json", headers=NO_STORE)
 
 
-@router.get("", responses=ERROR_RESPONSES)
+@router.get("/profiles", responses=ERROR_RESPONSES)
 async def list_profiles(
     request: Request, caller: Annotated[Caller, Depends(bearer_caller)]
 ) -> Response:
@@ -100,7 +105,7 @@ async def list_profiles(
     return _json({"profiles": profiles, "config_loaded_at": _iso(rt.generation.loaded_at)})
 
 
-@router.post("/{name}/invalidate", responses=ERROR_RESPONSES)
+@router.post("/profiles/{name}/invalidate", responses=ERROR_RESPONSES)
 async def invalidate(
     request: Request, name: str, caller: Annotated[Caller, Depends(bearer_caller)]
 ) -> Response:
@@ -112,14 +117,7 @@ async def invalidate(
     if known is None:
         audit.admin("invalidate", caller=caller.name, profile=None, outcome="unknown_profile",
                     client=client_address(request))  # fmt: skip
-        return Response(
-            content=orjson.dumps(
-                {"error": "invalid_request", "error_description": "no such profile"}
-            ),
-            status_code=404,
-            media_type="application/json",
-            headers=NO_STORE,
-        )
+        return _not_found("no such profile")
     try:
         await rt.broker.invalidate(known)
     except BrokerError as exc:
@@ -130,3 +128,104 @@ async def invalidate(
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("invalidate").inc()
     return _json({"profile": known, "invalidated": True})
+
+
+def _not_found(description: str) -> Response:
+    # The name asked for is caller input: the body says what kind of name was unknown only.
+    return Response(
+        content=orjson.dumps({"error": "invalid_request", "error_description": description}),
+        status_code=404,
+        media_type="application/json",
+        headers=NO_STORE,
+    )
+
+
+def _credentials(spec: CallerSpec) -> list[dict[str, Any]]:
+    """How a caller proves who it is; an API key is counted, its hash never shown."""
+    found: list[dict[str, Any]] = []
+    if spec.api_key_sha256 is not None:
+        # Two keys while one is being rotated; the count says so without the hashes.
+        keys = spec.api_key_sha256
+        found.append({"kind": "api_key", "keys": len(keys) if isinstance(keys, list) else 1})
+    if spec.kubernetes is not None:
+        k8s = spec.kubernetes
+        found.append(
+            {
+                "kind": "kubernetes",
+                "namespace": k8s.namespace,
+                "service_account": k8s.service_account,
+                "pod": k8s.pod,
+                "issuer": k8s.issuer,
+            }
+        )
+    if spec.workload is not None:
+        found.append(
+            {
+                "kind": "workload",
+                "issuer": spec.workload.issuer,
+                "subject": spec.workload.subject,
+                "claims": dict(spec.workload.claims),
+            }
+        )
+    return found
+
+
+def _policy(
+    config: BrokerConfig, name: str, spec: CallerSpec, profile: str | None
+) -> dict[str, Any]:
+    grants = []
+    for grant in spec.grants:
+        if profile is not None and grant.profile != profile:
+            continue
+        known = config.profiles.get(grant.profile)
+        # No scopes in the grant means all of the profile's: show what the caller really gets.
+        scopes = grant.scopes if grant.scopes is not None else (known.spec.scopes if known else [])
+        grants.append(
+            {
+                "profile": grant.profile,
+                "scopes": sorted(scopes),
+                "max_ttl": None if grant.max_ttl is None else parse_duration(grant.max_ttl),
+            }
+        )
+    return {
+        "name": name,
+        "credentials": _credentials(spec),
+        "roles": sorted(spec.roles),
+        "grants": grants,
+    }
+
+
+@router.get("/policy", responses=ERROR_RESPONSES)
+async def policy(
+    request: Request,
+    caller: Annotated[Caller, Depends(bearer_caller)],
+    profile: Annotated[str | None, Query(description="Only grants of this profile.")] = None,
+    name: Annotated[str | None, Query(alias="caller", description="Only this caller.")] = None,
+) -> Response:
+    """Who may get what, from the loaded config: credentials, roles, grants; no key hashes."""
+    # One generation for the whole answer, even if a reload lands meanwhile.
+    generation = runtime(request).generation
+    config = generation.config
+    known_profile = profile if profile in config.profiles else None
+    _require_admin(request, caller, "policy", known_profile)
+    unknown = None
+    if profile is not None and known_profile is None:
+        unknown = "unknown_profile"
+    elif name is not None and name not in config.callers:
+        unknown = "unknown_caller"
+    if unknown is not None:
+        audit.admin("policy", caller=caller.name, profile=None, outcome=unknown,
+                    client=client_address(request))  # fmt: skip
+        return _not_found(f"no such {unknown.removeprefix('unknown_')}")
+    callers = [
+        _policy(config, caller_name, spec, known_profile)
+        for caller_name, spec in config.callers.items()
+        if name is None or caller_name == name
+    ]
+    if known_profile is not None:
+        # Asked about one profile: only the callers that can reach it.
+        callers = [entry for entry in callers if entry["grants"]]
+    audit.admin("policy", caller=caller.name, profile=known_profile, outcome="ok",
+                client=client_address(request))  # fmt: skip
+    metrics.admin_actions.labels("policy").inc()
+    return _json({"callers": callers, "config_loaded_at": _iso(generation.loaded_at)})

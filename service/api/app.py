@@ -48,6 +48,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         version=__version__,
         description="Short-lived OIDC client-credentials tokens for OpenMetadata ingestion.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
     )
     app.include_router(router)
     app.include_router(admin_router)

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from service import metrics
+from service.api.schemas import TOKEN_BODY_HINTS, TokenBody
+from service.config import WORDING, wording
 from service.errors import BrokerError, InvalidRequest
 
 log = logging.getLogger("token_broker.api")
@@ -38,18 +40,35 @@ def broker_error_response(exc: BrokerError) -> Response:
     return error_response(exc.status, exc.error, exc.description, exc.headers())
 
 
+_WORDING = {**WORDING, "model_type": "expected a JSON object"}
+# Bodies whose unknown fields are answered with the fields they accept, by model name.
+_ACCEPTED = {TokenBody.__name__: tuple(TokenBody.model_fields)}
+_HINTS = {TokenBody.__name__: TOKEN_BODY_HINTS}
+
+
 def describe_validation(exc: ValidationError | RequestValidationError) -> str:
-    """Field paths and reasons, never the offending input (it may hold a secret)."""
-    parts = []
-    for err in exc.errors()[:5]:
+    """Field paths, reasons and expected forms, never the offending input (may be a secret)."""
+    title = exc.title if isinstance(exc, ValidationError) else ""
+    hints = _HINTS.get(title, {})
+    parts: dict[str, str] = {}  # by field: a union's failing branches make one reason
+    for err in exc.errors()[:8]:
         path = [p for p in err["loc"] if p != "body"]
         if err["type"] == "extra_forbidden":
-            path = ["<unknown field>"]  # the field name is caller input
-        elif len(path) > 1 and path[0] == "labels":
+            # The field's name is caller input: name what is accepted instead.
+            accepted = _ACCEPTED.get(title)
+            listed = f"; accepted fields: {', '.join(accepted)}" if accepted else ""
+            parts.setdefault("<unknown>", f"unknown field{listed}")
+            continue
+        field = str(path[0]) if path else ""
+        hint = hints.get(field)
+        if hint is not None and err["type"] not in {"missing", "value_error"}:
+            parts.setdefault(field, f"{field}: expected {hint}")
+            continue
+        if len(path) > 1 and path[0] == "labels":
             path = ["labels", "<label>"]  # label keys are caller input
         loc = ".".join(str(p) for p in path) or "body"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts) or "invalid request"
+        parts.setdefault(loc, f"{loc}: {wording(err, _WORDING)}")
+    return "; ".join(list(parts.values())[:5]) or "invalid request"
 
 
 def validation_error(exc: ValidationError) -> InvalidRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
@@ -10,6 +11,7 @@ from service import scopes
 from service.config import Name
 from service.durations import parse_duration
 
+MAX_LABELS = 16
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
 # One scope token, with whitespace around it allowed (and dropped); "" and " " are blank.
 ScopeEntry = Annotated[str, StringConstraints(max_length=256)]
@@ -30,12 +32,24 @@ class TokenBody(BaseModel):
         default=0,
         description="Seconds (or 90m, 4h) the token must still be valid for when handed out.",
     )
-    labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=16)
+    labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
 
     @field_validator("min_ttl")
     @classmethod
     def _duration(cls, value: int | str) -> int:
         return parse_duration(value)
+
+
+# What each field of TokenBody expects, for its 400s: the expected form, never the input.
+TOKEN_BODY_HINTS: Mapping[str, str] = {
+    "profile": "a profile name: letters, digits, '.', '_', '-' (max 64), e.g. ingestion",
+    "scopes": f'a list of at most {scopes.MAX_SCOPES} scope tokens, e.g. ["read"]',
+    "min_ttl": "seconds, or a duration like 90m or 4h",
+    "labels": (
+        f"a mapping of at most {MAX_LABELS} label names (letters, digits, '.', '_', '-') "
+        "to text of at most 256 characters"
+    ),
+}
 
 
 class TokenResponse(BaseModel):

@@ -78,6 +78,16 @@ class RedisTarget:
         return self.service_name is not None
 
 
+def describe_redis_target(target: RedisTarget) -> str:
+    """Where ``target`` points, for logs and reports: addresses and master, no credentials."""
+    addresses = ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in target.addresses
+    )
+    if target.sentinel:
+        return f"sentinel {addresses} master {target.service_name}"
+    return addresses
+
+
 def redis_url_problem(url: str) -> str | None:
     """Why ``url`` is not a usable Redis URL, or None. Never echoes any part of it."""
     try:
@@ -112,6 +122,8 @@ def parse_redis_url(url: str) -> RedisTarget:  # noqa: C901, PLR0912 - one check
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise RedisUrlError("contains whitespace or control characters")
     scheme, sep, rest = url.partition("://")
+    if sep and "cluster" in scheme.lower():
+        raise RedisUrlError(f"Redis Cluster is not supported yet; {_SCHEME_HINT}")
     if not sep or scheme.lower() not in _SCHEMES:
         raise RedisUrlError(f"unsupported or missing scheme; {_SCHEME_HINT}")
     tls, sentinel = _SCHEMES[scheme.lower()]

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _VERSION = b"\x01"
 _KEY_ID_LEN = 8
 _NONCE_LEN = 12
+# Every cache-key problem says how to get a good key; none ever shows the key.
+NEW_KEY_HINT = "`token-broker new-cache-key` prints a fresh one"
 
 
 class CacheKeyError(ValueError):
@@ -38,12 +40,17 @@ def parse_cache_keys(text: str) -> list[bytes]:
         try:
             raw = base64.urlsafe_b64decode(item + "=" * (-len(item) % 4))
         except (binascii.Error, ValueError):
-            raise CacheKeyError(f"cache key #{position} is not URL-safe base64") from None
+            raise CacheKeyError(
+                f"cache key #{position} is not URL-safe base64 (expected 43 characters "
+                f"A-Z a-z 0-9 - _, comma-separated when rotating); {NEW_KEY_HINT}"
+            ) from None
         if len(raw) != 32:  # noqa: PLR2004 - AES-256
-            raise CacheKeyError(f"cache key #{position} is {len(raw)} bytes; 32 are required")
+            raise CacheKeyError(
+                f"cache key #{position} is {len(raw)} bytes; 32 are required; {NEW_KEY_HINT}"
+            )
         keys.append(raw)
     if not keys:
-        raise CacheKeyError("no cache key given")
+        raise CacheKeyError(f"no cache key given; {NEW_KEY_HINT}")
     return keys
 
 

@@ -39,6 +39,9 @@ INVALIDATIONS = PREFIX + "invalidate"
 INVALIDATION_COUNT = PREFIX + "invalidations"
 CLOSE_TIMEOUT_SECONDS = 2.0
 _LOCAL_LEASE = "local"
+# How often a Redis never reached since start is reported again at error level.
+ALARM_INTERVAL_SECONDS = 60.0
+REASON_CHARS = 200
 T = TypeVar("T")
 
 # Delete the lock only if it still holds our lease: a holder that overran its lease must
@@ -64,21 +67,43 @@ class RedisDown(Exception):
 
 
 class RedisHealth:
-    """Whether Redis answers; while it does not, calls are skipped except one probe at a time."""
+    """Whether Redis answers; while it does not, calls are skipped except one probe at a time.
+
+    A Redis that has never answered since start is told apart from one that was lost: the
+    first is usually a misconfiguration (wrong host or port), so it is logged at error level,
+    again at most once per ``alarm_interval``, until Redis is reached.
+    """
 
     def __init__(
-        self, *, probe_interval: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        probe_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        target: str = "redis",
+        hide: tuple[str, ...] = (),
+        alarm_interval: float = ALARM_INTERVAL_SECONDS,
     ) -> None:
         self._probe_interval = probe_interval
         self._clock = clock
+        self._target = target
+        self._hide = hide
+        self._alarm_interval = alarm_interval
         self._up = True
+        self._reached = False
+        self._last_alarm: float | None = None
         self._next_probe = 0.0
-        metrics.redis_up.set(1)
+        # 0 until the first answer: a Redis never reached must not look healthy on a dashboard.
+        metrics.redis_up.set(0)
 
     @property
     def up(self) -> bool:
         """False while the broker runs degraded on its in-process cache."""
         return self._up
+
+    @property
+    def reached(self) -> bool:
+        """True once Redis has answered at least once since start."""
+        return self._reached
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` unless Redis is being skipped; raise ``RedisDown`` on any failure."""
@@ -97,23 +122,58 @@ class RedisHealth:
         return result
 
     def failed(self, exc: BaseException) -> None:
-        """Record a failure: degrade (logged once per outage)."""
+        """Record a failure: degrade (logged once per outage; at error level until reached)."""
         metrics.redis_errors.inc()
-        self._next_probe = self._clock() + self._probe_interval
-        if self._up:
-            self._up = False
-            metrics.redis_up.set(0)
+        now = self._clock()
+        self._next_probe = now + self._probe_interval
+        was_up, self._up = self._up, False
+        metrics.redis_up.set(0)
+        reason = failure_reason(exc, hide=self._hide)
+        if not self._reached:
+            if self._last_alarm is None or now - self._last_alarm >= self._alarm_interval:
+                self._last_alarm = now
+                log.error(
+                    "redis never reached since start; serving from the in-process cache and "
+                    "issuer, retrying (check TOKEN_BROKER_REDIS_URL host and port)",
+                    extra={"redis": self._target, "reason": reason},
+                )
+            return
+        if was_up:
             log.warning(
                 "redis failed; degraded to the in-process cache and single-flight",
-                extra={"reason": type(exc).__name__},
+                extra={"redis": self._target, "reason": reason},
             )
 
     def succeeded(self) -> None:
         """Record a success: recover (logged once)."""
+        if not self._reached:
+            self._reached = self._up = True
+            metrics.redis_up.set(1)
+            log.info("redis reached", extra={"redis": self._target})
+            return
         if not self._up:
             self._up = True
             metrics.redis_up.set(1)
-            log.warning("redis answers again; shared cache and lock restored")
+            log.warning(
+                "redis answers again; shared cache and lock restored",
+                extra={"redis": self._target},
+            )
+
+
+def failure_reason(exc: BaseException, *, hide: tuple[str, ...] = ()) -> str:
+    """``ExceptionClass: short message`` for a failed Redis call, with ``hide`` masked.
+
+    The class is the innermost cause's (``ConnectionRefusedError`` rather than redis-py's
+    wrapper): that is what tells an operator whether the port, the host or TLS is wrong.
+    """
+    root = exc
+    while (inner := root.__cause__ or root.__context__) is not None and inner is not root:
+        root = inner
+    message = " ".join(str(exc).split())[:REASON_CHARS]
+    for secret in hide:
+        if secret:
+            message = message.replace(secret, "***")
+    return f"{type(root).__name__}: {message}" if message else type(root).__name__
 
 
 class RedisTokenCache:

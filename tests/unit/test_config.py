@@ -268,7 +268,7 @@ def test_broken_config_reports_every_problem_in_one_error(
     problems = problems_of(broken_document(tmp_path), tmp_path)
     expected = {
         "unknown top-level key": ("extras", "unknown key"),
-        "unknown key in a profile": ("profiles.typo.clientid", "Extra inputs"),
+        "unknown key in a profile": ("profiles.typo.clientid", "unknown key", "`client_id`"),
         "plain http issuer": ("profiles.plainhttp.issuer", "https"),
         "non-URL issuer": ("profiles.nonurl.issuer",),
         "missing secret file": (
@@ -303,7 +303,7 @@ def test_unknown_key_does_not_hide_the_profiles_other_problems(
     profile = doc["profiles"]["ingestion"]
     profile |= {"colour": "blue", "issuer": "http://idp.example.com", "client_secret": "inline"}
     problems = problems_of(doc, tmp_path)
-    assert has(problems, "profiles.ingestion.colour", "Extra inputs"), problems
+    assert has(problems, "profiles.ingestion.colour", "unknown key"), problems
     assert has(problems, "profiles.ingestion.issuer", "https"), problems
     assert has(problems, "profiles.ingestion.client_secret", "inline secrets are refused"), problems
 
