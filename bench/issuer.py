@@ -22,7 +22,7 @@ import orjson
 from bench.client import Connection, HttpError, get_bytes, post_bytes
 from bench.stack import HTTP_OK, PROFILE, BenchError, Broker
 from bench.stats import percentile, ratio
-from service.settings import Settings
+from service.config.settings import Settings
 from tests.support.proxy import CountingProxy
 
 Say = Callable[[str], None]
@@ -141,7 +141,7 @@ class Expectation:
 
     The broker refreshes a token in the background at ``fraction`` of its life (the first
     request after that point starts the refresh), and stops serving it ``skew`` seconds
-    before expiry (``skew = min(max_skew, lifetime / 10)``, service/broker.py). With the
+    before expiry (``skew = min(max_skew, lifetime / 10)``, service/core/broker.py). With the
     refresh point before ``lifetime - skew`` no caller ever finds the cache empty, so a load
     that starts cold needs the cold fetch plus one refresh per interval: ``ceil(duration /
     interval)`` exchanges per key, and no more.

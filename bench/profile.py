@@ -50,7 +50,7 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "audit line on the event loop (LogRecord, QueueHandler)",
-        (r"\(logging/", r"\(service/audit\.py", r"\(service/logs\.py"),
+        (r"\(logging/", r"\(service/observe/audit\.py", r"\(service/observe/logs\.py"),
     ),
     ("metrics (prometheus_client)", (r"\(prometheus_client/",)),
     (
@@ -61,9 +61,9 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "authentication (callers/)",
         (r"\(service/callers/", r"bearer_caller ", r"_bearer_credential "),
     ),
-    ("rate limit / throttle", (r"\(service/ratelimit\.py",)),
-    ("policy", (r"\(service/policy\.py",)),
-    ("broker.issue + cache lookup", (r"\(service/broker\.py", r"\(service/cache/")),
+    ("rate limit / throttle", (r"\(service/store/ratelimit\.py",)),
+    ("policy", (r"\(service/core/policy\.py",)),
+    ("broker.issue + cache lookup", (r"\(service/core/broker\.py", r"\(service/store/")),
     ("dependency injection (fastapi)", (r"\(fastapi/dependencies/", r"\(fastapi/_compat")),
     (
         "response building (orjson, Response)",
@@ -73,7 +73,7 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "endpoint code (routes.py, bench.py)",
         (r"\(service/api/routes\.py", r"\(service/api/bench\.py"),
     ),
-    ("RequestLimits middleware (request id, limits)", (r"\(service/api/limits\.py",)),
+    ("RequestLimits middleware (request id, limits)", (r"\(service/api/middleware/limits\.py",)),
     (
         "routing + request handler (fastapi, starlette)",
         (r"\(fastapi/routing\.py", r"\(starlette/routing\.py", r"\(starlette/requests\.py"),

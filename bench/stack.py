@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cache.crypto import new_cache_key
+from service.store.crypto import new_cache_key
 from tests.integration.broker_process import start_broker, stop_broker
 from tests.integration.conftest import BrokerFiles, write_config
 from tests.support.processes import OidcProvider, RedisServer, start_oidc_provider, start_redis

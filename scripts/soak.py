@@ -65,7 +65,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.demo import signals_ignored
-from service.cache.crypto import new_cache_key
+from service.store.crypto import new_cache_key
 from tests.integration.broker_process import start_broker, stop_broker
 from tests.integration.conftest import BrokerFiles, write_config
 from tests.support.processes import (
@@ -106,7 +106,7 @@ EXIT_FAILED = 1
 EXIT_SETUP = 2
 EXIT_INTERRUPTED = 130
 
-# Broker settings scaled to soak-length tokens (defaults in service/settings.py). A real
+# Broker settings scaled to soak-length tokens (defaults in service/config/settings.py). A real
 # deployment keeps a 30 s circuit reset against hour-long tokens; here a token's whole
 # refresh-to-expiry margin is a few seconds, so the recovery path must be as short.
 SOAK_BROKER_ENV = {
@@ -179,7 +179,7 @@ class Options:
 
     @property
     def skew(self) -> float:
-        """The brokers' safety margin before expiry (service.broker.Broker.skew)."""
+        """The brokers' safety margin before expiry (service.core.broker.Broker.skew)."""
         max_skew = self.env_float("TOKEN_BROKER_MAX_SKEW_SECONDS", DEFAULT_MAX_SKEW_SECONDS)
         return min(max_skew, self.token_ttl / 10)
 

@@ -13,7 +13,7 @@ from service.callers.api_keys import key_hash, new_api_key
 from service.errors import ConfigError
 
 if TYPE_CHECKING:
-    from service.client import FetchedToken
+    from service.runner.client import FetchedToken
 
 app = typer.Typer(
     name="token-broker",
@@ -58,7 +58,7 @@ def _main(
 def _settings(config: Path | None) -> object:
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from service.settings import Settings  # noqa: PLC0415
+    from service.config.settings import Settings  # noqa: PLC0415
 
     try:
         return Settings(config=config) if config else Settings()
@@ -92,8 +92,8 @@ def check_config(
     ] = False,
 ) -> None:
     """Validate the settings and broker YAML; list every problem; exit 1 if any."""
+    from service.config.settings import Settings  # noqa: PLC0415
     from service.runtime import load_checked  # noqa: PLC0415
-    from service.settings import Settings  # noqa: PLC0415
 
     settings = _settings(config)
     assert isinstance(settings, Settings)
@@ -107,7 +107,7 @@ def check_config(
         f"in {settings.config}"
     )
     if connect:
-        from service.reachability import check_all  # noqa: PLC0415
+        from service.config.reachability import check_all  # noqa: PLC0415
 
         results = check_all(settings, loaded)
         for result in results:
@@ -138,9 +138,9 @@ def serve(
 
     import uvicorn  # noqa: PLC0415
 
-    from service.logs import configure_logging  # noqa: PLC0415
+    from service.config.settings import Settings  # noqa: PLC0415
+    from service.observe.logs import configure_logging  # noqa: PLC0415
     from service.runtime import load_checked  # noqa: PLC0415
-    from service.settings import Settings  # noqa: PLC0415
 
     # Through the environment, not Settings(...) arguments: worker processes build their
     # settings from it, and the flag must win there too.
@@ -175,7 +175,7 @@ def serve(
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=20,
-        # uvicorn would believe X-Forwarded-For from loopback; service/api/proxies.py decides.
+        # uvicorn would believe X-Forwarded-For from loopback; api/middleware/proxies.py decides.
         proxy_headers=False,
     )
 
@@ -210,7 +210,7 @@ def new_key(
 @app.command("new-cache-key")
 def new_cache_key() -> None:
     """Print a new cache encryption key for TOKEN_BROKER_CACHE_KEYS."""
-    from service.cache.crypto import new_cache_key as make  # noqa: PLC0415
+    from service.store.crypto import new_cache_key as make  # noqa: PLC0415
 
     typer.echo(make())
 
@@ -243,7 +243,7 @@ def _duration(option: str, value: str) -> int:
 
 
 def _labels(options: list[str] | None) -> dict[str, str]:
-    from service.client import MAX_LABELS, parse_label, run_labels  # noqa: PLC0415
+    from service.runner.client import MAX_LABELS, parse_label, run_labels  # noqa: PLC0415
 
     explicit: dict[str, str] = {}
     for text in options or ():
@@ -262,7 +262,7 @@ def _labels(options: list[str] | None) -> dict[str, str]:
 def _fetch(
     url: str, profile: str, scopes: list[str] | None, min_ttl: int, labels: dict[str, str]
 ) -> FetchedToken:
-    from service.client import ClientError, credential_from_env, fetch_token  # noqa: PLC0415
+    from service.runner.client import ClientError, credential_from_env, fetch_token  # noqa: PLC0415
 
     try:
         return fetch_token(
@@ -305,7 +305,7 @@ def token(  # noqa: PLR0917 (typer maps each parameter to an option)
     """
     import json  # noqa: PLC0415
 
-    from service.client import write_private_file  # noqa: PLC0415
+    from service.runner.client import write_private_file  # noqa: PLC0415
 
     seconds = _duration("--min-ttl", min_ttl)
     labels = _labels(label)
@@ -420,8 +420,8 @@ def sidecar(  # noqa: PLR0917 (typer maps each parameter to an option)
     """
     import asyncio  # noqa: PLC0415
 
-    from service import sidecar as runner  # noqa: PLC0415
-    from service.logs import configure_logging  # noqa: PLC0415
+    from service.observe.logs import configure_logging  # noqa: PLC0415
+    from service.runner import sidecar as runner  # noqa: PLC0415
 
     seconds = _duration("--min-ttl", min_ttl)
     give_up = _duration("--timeout", timeout)
@@ -484,7 +484,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="The broker's JSON answ
 def _admin(
     url: str, method: str, path: str, params: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    from service.client import ClientError, admin_call, credential_from_env  # noqa: PLC0415
+    from service.runner.client import ClientError, admin_call, credential_from_env  # noqa: PLC0415
 
     try:
         return admin_call(url, credential_from_env(), method, path, params=params)

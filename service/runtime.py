@@ -19,35 +19,35 @@ from typing import Any
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service import metrics
-from service.broker import Broker, RefreshLock, TokenCache
-from service.cache.connection import (
+from service.callers.api_keys import ApiKeyAuthenticator
+from service.callers.authenticator import Authenticator
+from service.callers.jwks import JwksKeySource
+from service.callers.jwt import WorkloadAuthenticator
+from service.callers.replay import UsedJtis
+from service.config.load import BrokerConfig, load_config
+from service.config.settings import Settings
+from service.core.broker import Broker, RefreshLock, TokenCache
+from service.errors import ConfigError
+from service.models import Caller
+from service.observe import metrics
+from service.store.connection import (
     connect_redis,
     describe_redis_target,
     parse_redis_url,
     redis_ca_file_problem,
     redis_url_problem,
 )
-from service.cache.crypto import CacheKeyError, TokenCipher, parse_cache_keys
-from service.cache.memory import MemoryTokenCache, TieredTokenCache
-from service.cache.redis import (
+from service.store.crypto import CacheKeyError, TokenCipher, parse_cache_keys
+from service.store.memory import MemoryTokenCache, TieredTokenCache
+from service.store.ratelimit import AuthFailureThrottle, CallerRateLimit
+from service.store.redis import (
     RedisHealth,
     RedisRefreshLock,
     RedisTokenCache,
     listen_for_invalidations,
 )
-from service.callers.api_keys import ApiKeyAuthenticator
-from service.callers.authenticator import Authenticator
-from service.callers.jwks import JwksKeySource
-from service.callers.jwt import WorkloadAuthenticator
-from service.callers.replay import UsedJtis
-from service.config import BrokerConfig, load_config
-from service.errors import ConfigError
-from service.models import Caller
-from service.ratelimit import AuthFailureThrottle, CallerRateLimit
-from service.resilience import Backoff
-from service.settings import Settings
 from service.upstream.exchange import UpstreamTokenSource
+from service.upstream.resilience import Backoff
 from service.upstream.resilient import ResilientTokenSource
 
 log = logging.getLogger("token_broker")

@@ -16,13 +16,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service import audit, metrics
 from service.api.errors import NO_STORE
 from service.api.routes import ERROR_RESPONSES, bearer_caller, client_address, runtime
-from service.config import BrokerConfig, CallerSpec, Profile, SecretSource
+from service.config.load import BrokerConfig, CallerSpec, Profile, SecretSource
 from service.durations import parse_duration
 from service.errors import AccessDenied, BrokerError
 from service.models import Caller
+from service.observe import audit, metrics
 from service.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["admin"])

@@ -14,12 +14,12 @@ from service import __version__
 from service.api import errors
 from service.api.admin import router as admin_router
 from service.api.bench import router as bench_router
-from service.api.limits import RequestLimits
-from service.api.proxies import TrustedProxies
+from service.api.middleware.limits import RequestLimits
+from service.api.middleware.proxies import TrustedProxies
 from service.api.routes import router
-from service.logs import drain
+from service.config.settings import Settings
+from service.observe.logs import drain
 from service.runtime import Runtime, build_runtime, load_checked
-from service.settings import Settings
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
@@ -86,7 +86,7 @@ def _on_sighup(runtime: Runtime) -> bool:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: each worker builds its settings once, at start-up."""
-    from service.logs import configure_logging  # noqa: PLC0415 - only for served processes
+    from service.observe.logs import configure_logging  # noqa: PLC0415 - only for served processes
 
     settings = Settings()
     configure_logging(settings.log_level)

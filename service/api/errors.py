@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from service import metrics
 from service.api.schemas import TOKEN_BODY_HINTS, TokenBody
-from service.config import WORDING, wording
+from service.config.load import WORDING, wording
 from service.errors import BrokerError, InvalidRequest
+from service.observe import metrics
 
 log = logging.getLogger("token_broker.api")
 

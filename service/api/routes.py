@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from service import audit, metrics, scopes
 from service.api.errors import NO_STORE, broker_error_response, validation_error
 from service.api.schemas import ErrorBody, OAuth2TokenResponse, TokenBody, TokenResponse
 from service.callers.authenticator import JWT_BEARER_ASSERTION
+from service.core import scopes
 from service.durations import parse_duration
 from service.errors import (
     BrokerError,
@@ -25,6 +25,7 @@ from service.errors import (
     UnsupportedGrantType,
 )
 from service.models import Caller, Issued, TokenRequest
+from service.observe import audit, metrics
 from service.runtime import Runtime
 
 router = APIRouter()

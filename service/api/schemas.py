@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
-from service import scopes
-from service.config import Name
+from service.config.load import Name
+from service.core import scopes
 from service.durations import parse_duration
 
 MAX_LABELS = 16

@@ -23,9 +23,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from service.callers.jwt import PublicKey, key_matches
-from service.config import TrustedIssuer
+from service.config.load import TrustedIssuer
 from service.errors import InvalidClient, UpstreamUnavailable
-from service.upstream.base import url_problem
+from service.upstream.providers.base import url_problem
 
 log = logging.getLogger("token_broker.callers")
 

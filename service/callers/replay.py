@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service.cache.redis import RedisDown
 from service.errors import CacheUnavailable
+from service.store.redis import RedisDown
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from service.cache.redis import RedisHealth
+    from service.store.redis import RedisHealth
 
 log = logging.getLogger("token_broker.callers")
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx2
 
 from service.errors import UpstreamError, UpstreamUnavailable
-from service.upstream.base import url_problem
+from service.upstream.providers.base import url_problem
 
 
 class Discovery:

@@ -14,12 +14,12 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc.jwk import ECKey, RSAKey
 
 from service.errors import UpstreamError, UpstreamUnavailable
-from service.resilience import retry_after_seconds
 from service.upstream.discovery import Discovery
+from service.upstream.resilience import retry_after_seconds
 from service.upstream.tokens import token_from_response
 
 if TYPE_CHECKING:
-    from service.config import Profile
+    from service.config.load import Profile
     from service.models import IssuedToken
 
 log = logging.getLogger("token_broker.upstream")

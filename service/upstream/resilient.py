@@ -15,9 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from service import metrics
 from service.errors import UpstreamError, UpstreamUnavailable
-from service.resilience import (
+from service.observe import metrics
+from service.upstream.resilience import (
     Backoff,
     CircuitBreaker,
     CircuitOpen,
@@ -26,7 +26,7 @@ from service.resilience import (
 )
 
 if TYPE_CHECKING:
-    from service.broker import TokenSource
+    from service.core.broker import TokenSource
     from service.models import IssuedToken
 
 log = logging.getLogger("token_broker.upstream")

@@ -21,13 +21,13 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from service import config as broker_config
-from service import metrics
-from service.cache.crypto import parse_cache_keys
-from service.client import DEFAULT_CREDENTIAL_PATH
-from service.config import parse_config
+from service.config import load as broker_config
+from service.config.load import parse_config
+from service.config.settings import Settings
 from service.durations import parse_duration
-from service.settings import Settings
+from service.observe import metrics
+from service.runner.client import DEFAULT_CREDENTIAL_PATH
+from service.store.crypto import parse_cache_keys
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -599,7 +599,7 @@ def dashboard_expressions(dashboard: Doc) -> list[str]:
 
 
 def registered_series() -> set[str]:
-    """Every series name service.metrics.REGISTRY can expose, from its collected families."""
+    """Every series name the metrics REGISTRY can expose, from its collected families."""
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
@@ -613,7 +613,7 @@ def registered_series() -> set[str]:
 
 
 def test_dashboard_queries_only_metrics_the_broker_exposes() -> None:
-    """Each token_broker_* name in the dashboard is a series of service.metrics.REGISTRY."""
+    """Each token_broker_* name in the dashboard is a series of service.observe.metrics.REGISTRY."""
     dashboard = json.loads(DASHBOARD.read_text())
     used = {
         name

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from service.api.app import create_app
-from service.cache.crypto import new_cache_key
-from service.logs import JsonFormatter
-from service.settings import Settings
+from service.config.settings import Settings
+from service.observe.logs import JsonFormatter
+from service.store.crypto import new_cache_key
 from tests.support import OidcProvider
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.audit import fingerprint
+from service.observe.audit import fingerprint
 from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port

@@ -22,7 +22,7 @@ async def test_docs_pages_follow_the_setting_and_openapi_is_always_served(
 
 def test_docs_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """TOKEN_BROKER_DOCS=true turns the pages on; unset means off."""
-    from service.settings import Settings  # noqa: PLC0415
+    from service.config.settings import Settings  # noqa: PLC0415
 
     monkeypatch.delenv("TOKEN_BROKER_DOCS", raising=False)
     assert Settings().docs is False

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from service.logs import JsonFormatter
+from service.observe.logs import JsonFormatter
 from tests.integration.conftest import BrokerFiles, audit_lines, bearer, running_broker
 
 LABELS = {

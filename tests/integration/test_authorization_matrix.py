@@ -1,7 +1,7 @@
 """Who gets which token: every caller x profile x scope set, through both token endpoints.
 
 The fixture policy below is written once as plain tables; the expected outcome of every cell
-is computed from those tables by this module (``expected``), never by ``service.policy``.
+is computed from those tables by this module (``expected``), never by ``service.core.policy``.
 Every cell is requested against a real broker (Redis, oidc-provider behind the counting
 proxy): allowed cells must get a token carrying exactly the requested scopes (or, with none
 requested, the whole grant), every other cell a 403, and no refused cell may cause a single

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.cache.crypto import new_cache_key
+from service.store.crypto import new_cache_key
 from tests.integration.broker_process import run_cli
 from tests.support import free_port
 

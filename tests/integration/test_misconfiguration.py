@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from service.cache.crypto import new_cache_key
-from service.cache.redis import RedisHealth
+from service.store.crypto import new_cache_key
+from service.store.redis import RedisHealth
 from tests.integration.broker_process import (
     broker_env,
     run_cli,

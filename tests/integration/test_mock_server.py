@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from service.settings import Settings
+from service.config.settings import Settings
 from tests.integration.conftest import bearer, new_key, running_broker
 from tests.support import MockServer, start_mock_server, verify_access_token
 

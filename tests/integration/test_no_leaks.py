@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from service.logs import JsonFormatter, TextFormatter, scrub
+from service.observe.logs import JsonFormatter, TextFormatter, scrub
 from tests.integration.conftest import (
     BrokerFiles,
     bearer,

@@ -20,8 +20,8 @@ import pytest
 import redis
 import yaml
 
-from service.cache.crypto import TokenCipher, new_cache_key, parse_cache_keys
-from service.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
+from service.observe.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
+from service.store.crypto import TokenCipher, new_cache_key, parse_cache_keys
 from tests.integration.broker_process import start_broker, stop_broker, wait_ready
 from tests.integration.conftest import (
     BrokerFiles,

@@ -35,9 +35,9 @@ import httpx
 import pytest
 import yaml
 
-from service.audit import fingerprint
-from service.cache.crypto import new_cache_key
 from service.durations import parse_duration
+from service.observe.audit import fingerprint
+from service.store.crypto import new_cache_key
 from tests.integration.broker_process import (
     BrokerProcess,
     broker_env,

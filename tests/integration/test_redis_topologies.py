@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cache.crypto import TokenCipher, parse_cache_keys
-from service.cache.redis import PREFIX
-from service.settings import Settings
+from service.config.settings import Settings
+from service.store.crypto import TokenCipher, parse_cache_keys
+from service.store.redis import PREFIX
 from tests.integration.conftest import bearer, running_broker, write_config
 from tests.support import OidcProvider
 from tests.support.redis_topology import (

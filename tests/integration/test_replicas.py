@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.cache.crypto import new_cache_key
+from service.store.crypto import new_cache_key
 from tests.integration.broker_process import start_broker, stop_broker, wait_ready
 from tests.integration.conftest import BrokerFiles, bearer
 from tests.support import OidcProvider

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.audit import fingerprint
+from service.observe.audit import fingerprint
 from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.support import OidcProvider, free_port, verify_access_token
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.audit import fingerprint
+from service.observe.audit import fingerprint
 from tests.integration.broker_process import BrokerProcess, broker_env, module_broker
 from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port, start_oidc_provider, verify_access_token

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.logs import JsonFormatter
+from service.observe.logs import JsonFormatter
 from tests.integration.conftest import (
     BrokerFiles,
     audit_lines,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from service.audit import fingerprint
+from service.observe.audit import fingerprint
 from tests.integration.broker_process import BrokerProcess, broker_env
 from tests.interop.om_server import VERSION_PATH, FakeOpenMetadata, SeenRequest
 from tests.support import OidcProvider, verify_access_token

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from service.settings import Settings
+from service.config.settings import Settings
 from tests.integration.conftest import BrokerFiles, Clock, files, running_broker, write_config
 from tests.support import OidcProvider
 

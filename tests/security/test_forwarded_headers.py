@@ -18,8 +18,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from service.api.proxies import Network, TrustedProxies, parse_address, pick_client
-from service.settings import Settings
+from service.api.middleware.proxies import Network, TrustedProxies, parse_address, pick_client
+from service.config.settings import Settings
 from tests.integration.broker_process import (
     BrokerProcess,
     broker_env,

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from service.broker import Broker
-from service.cache.memory import MemoryTokenCache
+from service.core.broker import Broker
 from service.errors import TokenLifetimeTooShort, UpstreamUnavailable
 from service.models import Grant, IssuedToken
+from service.store.memory import MemoryTokenCache
 
 
 class FakeClock:

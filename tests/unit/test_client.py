@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from service import client
 from service.api.schemas import TokenBody
-from service.client import (
+from service.config.load import NAME_PATTERN
+from service.runner import client
+from service.runner.client import (
     DEFAULT_CREDENTIAL_PATH,
     ClientError,
     FetchedToken,
@@ -22,7 +23,6 @@ from service.client import (
     run_labels,
     write_private_file,
 )
-from service.config import NAME_PATTERN
 
 CREDENTIAL = "tbk_0badf00d_runner-NotARealKeyButShapedLikeOne"
 

@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
-from service.cache.crypto import new_cache_key
-from service.config import ProfileSpec, load_config, parse_config
+from service.config.load import ProfileSpec, load_config, parse_config
+from service.config.settings import Settings
 from service.errors import ConfigError
 from service.models import Caller, TokenRequest
 from service.runtime import load_checked
-from service.settings import Settings
-from service.upstream.base import Provider
+from service.store.crypto import new_cache_key
 from service.upstream.providers import PROVIDERS
+from service.upstream.providers.base import Provider
 
 AIRFLOW_KEY = "tbk_1a2b3c4d_airflow-0123456789abcdefABCDEF"
 READER_KEY = "tbk_5e6f7a8b_reader-0123456789abcdefABCDEF"

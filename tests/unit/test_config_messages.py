@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from service.cache.crypto import CacheKeyError, parse_cache_keys
-from service.config import load_config, parse_config
+from service.config.load import load_config, parse_config
+from service.config.settings import Settings
 from service.errors import ConfigError
 from service.runtime import load_checked
-from service.settings import Settings
+from service.store.crypto import CacheKeyError, parse_cache_keys
 
 CLIENT_SECRET = "s3cr3t-client-value-do-not-print"
 NOT_A_HASH = "Sup3rSecretApiKey-pasted-instead-of-its-hash"

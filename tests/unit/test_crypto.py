@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cache.crypto import (
+from service.store.crypto import (
     CacheKeyError,
     TokenCipher,
     UndecryptableError,

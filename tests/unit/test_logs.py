@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from service.logs import configure_logging, drain
+from service.observe.logs import configure_logging, drain
 
 
 def test_records_reach_stderr_as_json_lines_in_order_and_drain_loses_none(

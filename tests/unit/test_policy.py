@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from service.core.policy import GrantRule, Policy
 from service.errors import AccessDenied, InvalidRequest, ScopeNotGranted
 from service.models import Caller, TokenRequest
-from service.policy import GrantRule, Policy
 
 POLICY = Policy(
     {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import RateLimited
-from service.ratelimit import AuthFailureThrottle, CallerRateLimit
+from service.store.ratelimit import AuthFailureThrottle, CallerRateLimit
 
 
 class Clock:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service.client import DEFAULT_CREDENTIAL_PATH
-from service.config import BrokerConfig, parse_config
+from service.config.load import BrokerConfig, parse_config
 from service.durations import parse_duration
+from service.runner.client import DEFAULT_CREDENTIAL_PATH
 
 RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 KUBERNETES = RECIPES / "kubernetes"

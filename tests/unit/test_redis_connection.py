@@ -11,17 +11,17 @@ from pydantic import SecretStr
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
-from service.cache.connection import (
+from service.config.settings import Settings
+from service.errors import ConfigError
+from service.runtime import load_checked
+from service.store.connection import (
     RedisTarget,
     connect_redis,
     parse_redis_url,
     redis_ca_file_problem,
     redis_url_problem,
 )
-from service.cache.crypto import new_cache_key
-from service.errors import ConfigError
-from service.runtime import load_checked
-from service.settings import Settings
+from service.store.crypto import new_cache_key
 from tests.support.redis_topology import make_ca
 
 PASSWORD = "Sup3r-s3cret"  # a marker that must never show up in an error

@@ -10,7 +10,8 @@ import pytest
 
 from service.errors import UpstreamError, UpstreamUnavailable
 from service.models import IssuedToken
-from service.resilience import (
+from service.upstream.exchange import UpstreamTokenSource
+from service.upstream.resilience import (
     Backoff,
     CircuitBreaker,
     CircuitOpen,
@@ -18,7 +19,6 @@ from service.resilience import (
     retry_after_seconds,
     whole_seconds,
 )
-from service.upstream.exchange import UpstreamTokenSource
 from service.upstream.resilient import ResilientTokenSource
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.config.settings import Settings
 
 
 def test_waiters_must_outlast_the_upstream_deadline() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from service.audit import fingerprint
-from service.client import ClientError, FetchedToken
-from service.sidecar import (
+from service.observe.audit import fingerprint
+from service.runner.client import ClientError, FetchedToken
+from service.runner.sidecar import (
     MAX_BODY_BYTES,
     Backoff,
     Request,
@@ -494,7 +494,7 @@ async def test_read_request_parses_a_form_post() -> None:
 )
 async def test_read_request_refuses_malformed_input(raw: bytes, status: int) -> None:
     """Malformed, oversized or chunked requests raise HttpError with a 4xx status."""
-    from service.sidecar import HttpError  # noqa: PLC0415
+    from service.runner.sidecar import HttpError  # noqa: PLC0415
 
     with pytest.raises(HttpError) as caught:
         await parse(raw)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.upstream.base import Provider
-from service.upstream.oidc import OidcProvider
-from service.upstream.onelogin import OneLoginProvider
+from service.upstream.providers.base import Provider
+from service.upstream.providers.oidc import OidcProvider
+from service.upstream.providers.onelogin import OneLoginProvider
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (OidcProvider(), OneLoginProvider())}

@@ -16,14 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from service.cache.connection import connect_redis, describe_redis_target, parse_redis_url
-from service.cache.redis import failure_reason
+from service.store.connection import connect_redis, describe_redis_target, parse_redis_url
+from service.store.redis import failure_reason
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from service.config import BrokerConfig, Profile
-    from service.settings import Settings
+    from service.config.load import BrokerConfig, Profile
+    from service.config.settings import Settings
 
 TIMEOUT_SECONDS = 5.0
 _MAX_DETAIL = 200

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service import metrics
 from service.models import IssuedToken
+from service.observe import metrics
 
 if TYPE_CHECKING:
-    from service.broker import TokenCache
+    from service.core.broker import TokenCache
 
 
 class MemoryTokenCache:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.upstream.base import Provider
+from service.upstream.providers.base import Provider
 
 if TYPE_CHECKING:
-    from service.config import ProfileSpec
+    from service.config.load import ProfileSpec
 
 _LEGACY = {
     "us": "https://openid-connect.onelogin.com/oidc",

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.errors import RequestTooLarge
-from service.logs import REQUEST_ID
+from service.observe.logs import REQUEST_ID
 
 # A caller's X-Request-ID is kept only when it is short and plain: it goes into every log line.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.upstream.base import Provider
+from service.upstream.providers.base import Provider
 
 
 class OidcProvider(Provider):

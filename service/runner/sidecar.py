@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 
-from service.audit import fingerprint
-from service.client import (
+from service.observe.audit import fingerprint
+from service.runner.client import (
     ClientError,
     FetchedToken,
     afetch_token,

@@ -38,7 +38,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.settings import Settings
+from service.config.settings import Settings
 
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379

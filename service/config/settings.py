@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(default=30, ge=1)
     max_header_bytes: int = Field(default=8192, ge=1024)
     max_headers: int = Field(default=64, ge=8)
-    # Proxies whose X-Forwarded-For is believed (service/api/proxies.py): comma-separated
+    # Proxies whose X-Forwarded-For is believed (service/api/middleware/proxies.py): comma-separated
     # CIDRs or addresses; empty = the TCP peer is the client, forwarded headers are ignored.
     # NoDecode: the variable is a plain comma list, not JSON; each entry is parsed below so a
     # typo fails the start instead of silently trusting nothing (or everything).

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, TypeVar
 import orjson
 from redis.exceptions import RedisError
 
-from service import metrics
-from service.cache.crypto import TokenCipher, UndecryptableError
 from service.errors import CacheUnavailable
 from service.models import IssuedToken
+from service.observe import metrics
+from service.store.crypto import TokenCipher, UndecryptableError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
+from service.core.policy import GrantRule, Policy
+from service.core.scopes import SCOPE_TOKEN_PATTERN
 from service.durations import parse_duration
 from service.errors import ConfigError
-from service.policy import GrantRule, Policy
-from service.scopes import SCOPE_TOKEN_PATTERN
-from service.upstream.base import Provider, url_problem
 from service.upstream.providers import PROVIDERS
+from service.upstream.providers.base import Provider, url_problem
 
 # Profile, caller and label names: also metric labels later, so short and plain.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

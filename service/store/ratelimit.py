@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service import metrics
 from service.errors import RateLimited
+from service.observe import metrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from service.cache.redis import RedisHealth
+    from service.store.redis import RedisHealth
 
 WINDOW_SECONDS = 60.0
 MAX_TRACKED = 10_000
@@ -109,7 +109,7 @@ class CallerRateLimit:
 
     async def _hit(self, caller: str) -> tuple[int, float]:
         if self._script is not None and self._health is not None:
-            from service.cache.redis import RedisDown  # noqa: PLC0415 - keeps redis optional
+            from service.store.redis import RedisDown  # noqa: PLC0415 - keeps redis optional
 
             script = self._script
             try:

@@ -28,7 +28,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # API access. Only a token minted for the broker's audience may leave the pod.
 DEFAULT_CREDENTIAL_PATH = Path("/var/run/secrets/token-broker/token")
 
-# The same rule as service.config.NAME_PATTERN (a unit test pins that they agree); copied so
+# The same rule as service.config.load.NAME_PATTERN (a unit test pins that they agree); copied so
 # the runner does not import the broker's configuration stack.
 LABEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 LABEL_VALUE_MAX = 256

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from service.config import ProfileSpec
+    from service.config.load import ProfileSpec
 
 
 def url_problem(url: str) -> str | None:

@@ -1,0 +1,1 @@
+"""ASGI middleware, one concern each: request limits, trusted proxies."""

@@ -1,1 +1,0 @@
-"""Token caches: in-process (``memory``), shared Redis (``redis``) and their encryption."""

@@ -1,0 +1,1 @@
+"""Configuration: the broker YAML (schema and validation), process settings, reachability."""

@@ -1,0 +1,1 @@
+"""What operators see: JSON logs, Prometheus metrics, the audit trail."""

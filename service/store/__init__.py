@@ -1,0 +1,1 @@
+"""Where tokens and counters live: in-process (L1), Redis (L2, leases, pub/sub), AES-GCM."""
