@@ -6,11 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps node-deps lint typecheck test unit interop demo soak bench lock clean
+.PHONY: help install system-deps node-deps lint typecheck test unit interop demo soak bench lock clean runner
 
 help:
 	@echo "make demo   - start an identity provider and the broker, fetch a token twice via the CLI"
 	@echo "make test   - install everything, then ruff, mypy --strict and the whole pytest suite"
+	@echo "make runner - dist/token_broker_runner-*.whl and dist/token-broker-runner.pyz (stdlib only)"
 	@echo "make interop - the real OpenMetadata metadata CLI under token-broker exec / sidecar"
 	@echo "               (builds the cached .interop/venv when tests/interop/*.txt changed)"
 	@echo "make soak   - replicas + Redis + issuer under load with an issuer outage and a Redis crash"
@@ -50,6 +51,10 @@ test: install node-deps lint typecheck
 
 unit: install
 	$(PY) -m pytest tests/unit
+
+# The runner alone, for other people's images: a zero-dependency wheel and a zipapp.
+runner: install
+	$(PY) scripts/build_runner.py
 
 # The real `metadata` CLI lives in .interop/venv, rebuilt only when the sha256 of
 # tests/interop/requirements.txt + constraints.txt differs from the stamp inside it.

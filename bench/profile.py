@@ -67,13 +67,19 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dependency injection (fastapi)", (r"\(fastapi/dependencies/", r"\(fastapi/_compat")),
     (
         "response building (orjson, Response)",
-        (r"\(starlette/responses\.py", r"_json \(service", r"bare \(service/api/bench"),
+        (r"\(starlette/responses\.py", r"json_response \(service", r"bare \(service/api/bench"),
     ),
     (
-        "endpoint code (routes.py, bench.py)",
-        (r"\(service/api/routes\.py", r"\(service/api/bench\.py"),
+        "endpoint code (api/token.py, oauth2.py, deps.py, bench.py; core/handout.py)",
+        (
+            r"\(service/api/(token|oauth2|deps|bench)\.py",
+            r"\(service/core/handout\.py",
+        ),
     ),
-    ("RequestLimits middleware (request id, limits)", (r"\(service/api/middleware/limits\.py",)),
+    (
+        "our middleware (request id, header limits, body limit)",
+        (r"\(service/api/middleware/(request_id|header_limits|body_limits)\.py",),
+    ),
     (
         "routing + request handler (fastapi, starlette)",
         (r"\(fastapi/routing\.py", r"\(starlette/routing\.py", r"\(starlette/requests\.py"),

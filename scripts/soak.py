@@ -65,19 +65,15 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.demo import signals_ignored
-from service.store.crypto import new_cache_key
-from tests.integration.broker_process import start_broker, stop_broker
-from tests.integration.conftest import BrokerFiles, write_config
+from tests.support.broker import BrokerFiles
 from tests.support.processes import (
     CountingProxy,
     Fault,
     OidcProvider,
-    RedisServer,
     ServiceError,
     ensure_node_modules,
-    start_oidc_provider,
-    start_redis,
 )
+from tests.support.stack import Stack, StackError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / ".soak"
@@ -91,7 +87,6 @@ MAX_REPLICAS = 8
 MIN_TOKEN_TTL = 20
 MAX_TOKEN_TTL = 3600
 MAX_REQUESTS_PER_CLIENT = 5_000_000
-READY_TIMEOUT_SECONDS = 20.0
 READY_POLL_SECONDS = 0.5
 READY_REQUEST_TIMEOUT_SECONDS = 2.0
 SCRAPE_TIMEOUT_SECONDS = 5.0
@@ -409,76 +404,15 @@ class Stats:
 # -- processes ------------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    """What the soak started (to stop it again)."""
-
-    provider: OidcProvider | None = None
-    redis: RedisServer | None = None
-    brokers: list[tuple[subprocess.Popen[bytes], str, Path]] = field(default_factory=list)
-    files: BrokerFiles | None = None
-
-    def stop(self) -> None:
-        """Stop everything, brokers first; each step bounded, each failure reported."""
-        for process, _url, _log in self.brokers:
-            try:
-                stop_broker(process)
-            except (OSError, subprocess.SubprocessError) as exc:
-                print(f"warning: could not stop broker pid {process.pid}: {exc}")
-        self.brokers.clear()
-        for name, service in (("redis-server", self.redis), ("oidc-provider", self.provider)):
-            if service is not None:
-                try:
-                    service.stop()
-                except (OSError, subprocess.SubprocessError) as exc:
-                    print(f"warning: could not stop {name}: {exc}")
-        self.redis = self.provider = None
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "<no log>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    """Wait (bounded) for ``GET /readyz`` == 200; SoakError with the log tail otherwise."""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SoakError(f"broker {url} exited ({process.returncode}):\n{_tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(url + "/readyz").status_code == HTTP_OK:
-                    return
-            time.sleep(0.1)
-    raise SoakError(f"broker {url} was not ready in {READY_TIMEOUT_SECONDS:.0f} s:\n{_tail(log)}")
-
-
 def start_stack(options: Options, stack: Stack) -> None:
     """Redis, the issuer behind its proxy, then the broker replicas (each waited for)."""
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
     WORKDIR.chmod(0o700)
     ensure_node_modules()
-    stack.provider = start_oidc_provider(WORKDIR / "idp", access_token_ttl=options.token_ttl)
-    stack.redis = start_redis(WORKDIR / "redis")
-    stack.files = write_config(WORKDIR, stack.provider)
-    cache_key = new_cache_key()
-    for index in range(options.replicas):
-        log = WORKDIR / f"broker-{index}.log"
-        process, url = start_broker(
-            stack.files,
-            log,
-            redis_url=stack.redis.url,
-            cache_key=cache_key,
-            extra_env=options.broker_env,
-        )
-        stack.brokers.append((process, url, log))
-    for process, url, log in stack.brokers:
-        wait_ready(process, url, log)
+    stack.start_issuer(options.token_ttl, directory=WORKDIR)
+    stack.start_redis()
+    stack.start_brokers(options.replicas, options.broker_env)
 
 
 # -- the load -------------------------------------------------------------------------------
@@ -746,7 +680,7 @@ async def load(
     """The clients, the readiness poller and the faults, all for ``options.duration``."""
     assert stack.files is not None
     assert stack.provider is not None
-    urls = [url for _process, url, _log in stack.brokers]
+    urls = [broker.url for broker in stack.brokers]
     mix = prepare(stack.files, stack.provider)
     async with contextlib.AsyncExitStack() as exits:
         https = [
@@ -815,9 +749,12 @@ def issuer_counts(provider: OidcProvider, marks: dict[str, int]) -> dict[str, di
 def broker_warnings(stack: Stack) -> dict[str, dict[str, int]]:
     """Warning and error log lines per replica, counted by message."""
     counted: dict[str, dict[str, int]] = {}
-    for index, (_process, _url, log) in enumerate(stack.brokers):
+    for index, broker in enumerate(stack.brokers):
         messages: Counter[str] = Counter()
-        with contextlib.suppress(OSError), log.open(encoding="utf-8", errors="replace") as lines:
+        with (
+            contextlib.suppress(OSError),
+            broker.log.open(encoding="utf-8", errors="replace") as lines,
+        ):
             for line in lines:
                 if '"level":"warning"' not in line and '"level":"error"' not in line:
                     continue
@@ -1045,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         os.environ.pop(name, None)
-    stack = Stack()
+    stack = Stack(WORKDIR)
     status = EXIT_OK
     print(
         f"token-broker soak: {options.clients} clients, {options.replicas} replicas, "
@@ -1065,7 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted; cleaning up")
         status = EXIT_INTERRUPTED
-    except (SoakError, ServiceError, OSError, subprocess.SubprocessError) as exc:
+    except (SoakError, StackError, ServiceError, OSError, subprocess.SubprocessError) as exc:
         print(f"\nERROR: the soak could not run: {exc}")
         status = EXIT_SETUP
     finally:

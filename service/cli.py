@@ -1,19 +1,18 @@
-"""``token-broker``: serve, check-config, new-key, new-cache-key, token, exec, sidecar, admin."""
+"""``token-broker``: serve, check-config, new-key, new-cache-key, admin; token, exec and sidecar
+come from the runner (service/runner/cli.py)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from service.callers.api_keys import key_hash, new_api_key
 from service.errors import ConfigError
-
-if TYPE_CHECKING:
-    from service.runner.client import FetchedToken
+from service.runner.oauth2 import DEFAULT_BROKER_URL
 
 app = typer.Typer(
     name="token-broker",
@@ -215,259 +214,38 @@ def new_cache_key() -> None:
     typer.echo(make())
 
 
-ScopeOption = Annotated[
-    list[str] | None, typer.Option("--scope", help="Scope to request (repeatable).")
-]
-MinTtlOption = Annotated[
-    str, typer.Option("--min-ttl", help="The token must stay valid this long: 3600, 90m, 4h.")
-]
 UrlOption = Annotated[str, typer.Option(envvar="TOKEN_BROKER_URL", help="Broker base URL.")]
-LabelOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--label",
-        help="key=value for the broker's audit line (repeatable); AIRFLOW_CTX_* are added.",
-    ),
-]
-DEFAULT_BROKER_URL = "http://127.0.0.1:8080"
+
+# The runner's commands are parsed by the runner itself (service/runner/cli.py), so their
+# flags and --help are the same in the .pyz, the wheel and here; typer only lists them.
+_PASS_THROUGH: dict[str, Any] = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
 
 
-def _duration(option: str, value: str) -> int:
-    from service.durations import parse_duration  # noqa: PLC0415
+def _runner(command: str, ctx: typer.Context) -> None:
+    from service.runner import cli as runner_cli  # noqa: PLC0415
 
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        typer.echo(f"{option}: {exc}", err=True)
-        raise typer.Exit(2) from None
+    raise typer.Exit(runner_cli.main([command, *ctx.args], prog="token-broker"))
 
 
-def _labels(options: list[str] | None) -> dict[str, str]:
-    from service.runner.client import MAX_LABELS, parse_label, run_labels  # noqa: PLC0415
-
-    explicit: dict[str, str] = {}
-    for text in options or ():
-        try:
-            key, value = parse_label(text)
-        except ValueError as exc:
-            typer.echo(f"--label: {exc}", err=True)
-            raise typer.Exit(2) from None
-        explicit[key] = value
-    if len(explicit) > MAX_LABELS:
-        typer.echo(f"--label: at most {MAX_LABELS} labels", err=True)
-        raise typer.Exit(2)
-    return run_labels(explicit)
+@app.command(**_PASS_THROUGH)
+def token(ctx: typer.Context) -> None:
+    """Ask a running broker for a token and print it (or write it to a file)."""
+    _runner("token", ctx)
 
 
-def _fetch(
-    url: str, profile: str, scopes: list[str] | None, min_ttl: int, labels: dict[str, str]
-) -> FetchedToken:
-    from service.runner.client import ClientError, credential_from_env, fetch_token  # noqa: PLC0415
-
-    try:
-        return fetch_token(
-            url,
-            credential_from_env(),
-            profile=profile,
-            scopes=scopes,
-            min_ttl=min_ttl,
-            labels=labels,
-        )
-    except ClientError as exc:
-        typer.echo(f"token-broker: {exc}", err=True)
-        raise typer.Exit(1) from None
+@app.command("exec", **_PASS_THROUGH)
+def exec_(ctx: typer.Context) -> None:
+    """Fetch a token into $OM_JWT_TOKEN (never argv), then become CMD."""
+    _runner("exec", ctx)
 
 
-@app.command()
-def token(  # noqa: PLR0917 (typer maps each parameter to an option)
-    profile: Annotated[str, typer.Option(help="Profile to get a token for.")],
-    scope: ScopeOption = None,
-    min_ttl: MinTtlOption = "0",
-    url: UrlOption = DEFAULT_BROKER_URL,
-    label: LabelOption = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Write to FILE (atomically, mode 0600) instead of stdout."
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="The broker's JSON answer instead of the bare token.")
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Describe the token on stderr.")
-    ] = False,
-) -> None:
-    """Ask a running broker for a token and print it alone on stdout (or write it to a file).
-
-    Credential: TOKEN_BROKER_CREDENTIAL, else the file TOKEN_BROKER_CREDENTIAL_FILE, else
-    the projected token at /var/run/secrets/token-broker/token when it exists.
-    """
-    import json  # noqa: PLC0415
-
-    from service.runner.client import write_private_file  # noqa: PLC0415
-
-    seconds = _duration("--min-ttl", min_ttl)
-    labels = _labels(label)
-    if output is not None and not output.parent.is_dir():
-        typer.echo(f"--output: directory {output.parent} does not exist", err=True)
-        raise typer.Exit(2)
-    fetched = _fetch(url, profile, scope, seconds, labels)
-    text = json.dumps(dict(fetched.body)) if as_json else fetched.access_token
-    if verbose:
-        typer.echo(
-            f"profile={profile} source={fetched.source} expires_in={fetched.expires_in} "
-            f"scope={fetched.scope!r}",
-            err=True,
-        )
-    if output is None:
-        sys.stdout.write(text + "\n")
-        return
-    try:
-        # No trailing newline: readers that use the file content verbatim as a header work.
-        write_private_file(output, text)
-    except OSError as exc:
-        typer.echo(f"--output: cannot write {output}: {exc.strerror}", err=True)
-        raise typer.Exit(1) from None
-
-
-_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-
-
-@app.command(
-    "exec",
-    context_settings={"allow_interspersed_args": False},
-    no_args_is_help=True,
-)
-def exec_(  # noqa: PLR0917 (typer maps each parameter to an option)
-    profile: Annotated[str, typer.Option(help="Profile to get a token for.")],
-    command: Annotated[list[str], typer.Argument(metavar="CMD [ARGS]...", show_default=False)],
-    scope: ScopeOption = None,
-    min_ttl: MinTtlOption = "0",
-    env: Annotated[
-        str, typer.Option("--env", help="Environment variable that receives the token.")
-    ] = "OM_JWT_TOKEN",
-    url: UrlOption = DEFAULT_BROKER_URL,
-    label: LabelOption = None,
-) -> None:
-    """Fetch a token into $OM_JWT_TOKEN (never argv), then become CMD.
-
-    CMD replaces this process, so signals reach it and its exit status is the status.
-
-    CMD does not see TOKEN_BROKER_CREDENTIAL. Without a token CMD is not run: status 1.
-    """
-    import os  # noqa: PLC0415
-    import re  # noqa: PLC0415
-
-    if not re.fullmatch(_ENV_NAME, env):
-        typer.echo("--env: not an environment variable name", err=True)
-        raise typer.Exit(2)
-    seconds = _duration("--min-ttl", min_ttl)
-    fetched = _fetch(url, profile, scope, seconds, _labels(label))
-    child_env = dict(os.environ)
-    # The command needs the token, not the credential that can mint more of them.
-    child_env.pop("TOKEN_BROKER_CREDENTIAL", None)
-    child_env[env] = fetched.access_token
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(command[0], command, child_env)  # noqa: S606
-    except OSError as exc:
-        # The shell's conventions: 127 not found, 126 found but not executable.
-        status = 127 if isinstance(exc, FileNotFoundError) else 126
-        typer.echo(f"token-broker exec: cannot run {command[0]}: {exc.strerror}", err=True)
-        raise typer.Exit(status) from None
-
-
-@app.command()
-def sidecar(  # noqa: PLR0917 (typer maps each parameter to an option)
-    profile: Annotated[str, typer.Option(help="Profile to get a token for.")],
-    write: Annotated[
-        Path | None,
-        typer.Option("--write", help="Keep the token in FILE (atomic replace, mode 0600)."),
-    ] = None,
-    listen: Annotated[
-        str | None,
-        typer.Option(
-            "--listen",
-            help="Serve GET /token, POST /oauth2/token, GET /healthz on this loopback HOST:PORT.",
-        ),
-    ] = None,
-    min_ttl: MinTtlOption = "0",
-    scope: ScopeOption = None,
-    label: LabelOption = None,
-    once: Annotated[
-        bool, typer.Option("--once", help="Fetch, write FILE and exit (init containers).")
-    ] = False,
-    timeout: Annotated[
-        str, typer.Option("--timeout", help="--once: give up after this long.")
-    ] = "60s",
-    max_backoff: Annotated[
-        str, typer.Option("--max-backoff", help="Longest wait between retries.")
-    ] = "60s",
-    url: UrlOption = DEFAULT_BROKER_URL,
-    log_level: Annotated[
-        str, typer.Option("--log-level", envvar="TOKEN_BROKER_LOG_LEVEL", help="Log level.")
-    ] = "INFO",
-) -> None:
-    """Keep a fresh token in a file and on a loopback port (or, with --once, fetch it once).
-
-    Refreshes after two thirds of the token's usable life (its life beyond --min-ttl).
-
-    Retries with jittered exponential backoff while the broker is down.
-
-    Never hands out a token with less than --min-ttl left: 503, and the file is removed.
-    """
-    import asyncio  # noqa: PLC0415
-
-    from service.observe.logs import configure_logging  # noqa: PLC0415
-    from service.runner import sidecar as runner  # noqa: PLC0415
-
-    seconds = _duration("--min-ttl", min_ttl)
-    give_up = _duration("--timeout", timeout)
-    backoff_cap = _duration("--max-backoff", max_backoff)
-    labels = _labels(label)
-    if write is None and (once or listen is None):
-        typer.echo("--write FILE is required (with --once, or without --listen)", err=True)
-        raise typer.Exit(2)
-    if once and listen is not None:
-        typer.echo("--once writes the file and exits; it does not --listen", err=True)
-        raise typer.Exit(2)
-    if write is not None and not write.parent.is_dir():
-        typer.echo(f"--write: directory {write.parent} does not exist", err=True)
-        raise typer.Exit(2)
-    address = None
-    if listen is not None:
-        try:
-            address = runner.parse_listen(listen)
-        except ValueError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from None
-    if log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        typer.echo("--log-level: DEBUG, INFO, WARNING, ERROR or CRITICAL", err=True)
-        raise typer.Exit(2)
-    configure_logging(log_level)
-    try:
-        status = asyncio.run(
-            runner.main(
-                url=url,
-                profile=profile,
-                scopes=scope,
-                min_ttl=seconds,
-                labels=labels,
-                path=write,
-                listen=address,
-                once=once,
-                once_budget=float(give_up),
-                max_backoff=float(max(backoff_cap, 1)),
-            )
-        )
-    except runner.ListenError as exc:
-        typer.echo(f"token-broker sidecar: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if status != 0:
-        typer.echo(f"token-broker sidecar: no token with {seconds} s to live was written", err=True)
-    raise typer.Exit(status)
+@app.command(**_PASS_THROUGH)
+def sidecar(ctx: typer.Context) -> None:
+    """Keep a fresh token in a file and on a loopback port (or fetch it once)."""
+    _runner("sidecar", ctx)
 
 
 admin_app = typer.Typer(
@@ -623,4 +401,10 @@ def admin_invalidate(
 
 def main() -> None:
     """Console entry point."""
+    argv = sys.argv[1:]
+    if argv[:1] and argv[0] in {"token", "exec", "sidecar"}:
+        # Straight to the runner: click would swallow a `--` that `exec` must see.
+        from service.runner import cli as runner_cli  # noqa: PLC0415
+
+        raise SystemExit(runner_cli.main(argv, prog="token-broker"))
     app()

@@ -1,13 +1,16 @@
 """One error tree for the whole broker.
 
 Every error knows the OAuth2 (RFC 6749 section 5.2) ``error`` code and the HTTP status it
-maps to, so the HTTP layer renders all of them the same way and nothing else decides
-status codes::
+maps to, so the HTTP layer renders all of them through one function
+(``service.api.errors.render``) and nothing else decides status codes::
 
-    BrokerError                        500 server_error (never raised directly)
+    BrokerError                        500 server_error (never raised; renders the unexpected)
     ├── InvalidRequest                 400 invalid_request
     │   ├── UnsupportedGrantType       400 unsupported_grant_type
     │   ├── RequestTooLarge            413 invalid_request
+    │   ├── HeadersTooLarge            431 invalid_request
+    │   ├── NotFound                   404 invalid_request  (no such route, profile or caller)
+    │   ├── MethodNotAllowed           405 invalid_request  (+ Allow)
     │   └── TokenLifetimeTooShort      400 invalid_request  (min_ttl beyond the issuer's tokens)
     ├── InvalidClient                  401 invalid_client   (+ WWW-Authenticate)
     ├── InvalidGrant                   400 invalid_grant    (a replayed RFC 7523 assertion)
@@ -28,20 +31,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from service.runner.oauth2 import OAuth2Error
 
-class BrokerError(Exception):
-    """Base of every error the broker raises on purpose."""
+
+class BrokerError(OAuth2Error):
+    """Base of every error the broker raises on purpose.
+
+    An ``OAuth2Error`` (service/runner/oauth2.py), the base the sidecar raises too: one
+    tree, and one ``body()`` and ``headers()`` rendering on both sides.
+    """
 
     error = "server_error"
     status = 500
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
-        self.description = description
-
-    def headers(self) -> dict[str, str]:
-        """Extra response headers this error requires."""
-        return {}
 
 
 class InvalidRequest(BrokerError):
@@ -61,6 +65,32 @@ class RequestTooLarge(InvalidRequest):
     """The body or a header is beyond the configured limit."""
 
     status = 413
+
+
+class HeadersTooLarge(InvalidRequest):
+    """More request headers, or more header bytes, than the configured limit."""
+
+    status = 431
+
+
+class NotFound(InvalidRequest):
+    """No such route, or no such name in an admin query; the name itself is never repeated."""
+
+    status = 404
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The route exists, the method does not."""
+
+    status = 405
+
+    def __init__(self, description: str, allow: str | None = None) -> None:
+        super().__init__(description)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        """RFC 9110 section 15.5.6: a 405 lists the methods that would work."""
+        return {"Allow": self.allow} if self.allow else {}
 
 
 class TokenLifetimeTooShort(InvalidRequest):

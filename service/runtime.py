@@ -24,8 +24,9 @@ from service.callers.authenticator import Authenticator
 from service.callers.jwks import JwksKeySource
 from service.callers.jwt import WorkloadAuthenticator
 from service.callers.replay import UsedJtis
-from service.config.load import BrokerConfig, load_config
+from service.config.load import load_config
 from service.config.settings import Settings
+from service.config.validated import BrokerConfig
 from service.core.broker import Broker, RefreshLock, TokenCache
 from service.errors import ConfigError
 from service.models import Caller
@@ -123,8 +124,8 @@ class Shared:
 class Runtime:
     """Everything a request needs: built once per process, its configuration reloadable.
 
-    Requests read the current generation through the properties below, so a reload swaps
-    it in one assignment; requests already running finish on the generation they started
+    Requests read ``generation`` once and use what it holds, so a reload swaps it in one
+    assignment; requests already running finish on the generation they started
     with, which is closed only after they have had time to finish.
     """
 
@@ -137,66 +138,6 @@ class Runtime:
         self._retiring: list[Generation] = []
         self._stopping = asyncio.Event()
 
-    @property
-    def settings(self) -> Settings:
-        """The shared ``settings``."""
-        return self.shared.settings
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        """The shared ``clock``."""
-        return self.shared.clock
-
-    @property
-    def redis(self) -> Redis | None:
-        """The shared ``redis``."""
-        return self.shared.redis
-
-    @property
-    def redis_health(self) -> RedisHealth | None:
-        """The shared ``redis_health``."""
-        return self.shared.redis_health
-
-    @property
-    def rate_limit(self) -> CallerRateLimit:
-        """The shared ``rate_limit``."""
-        return self.shared.rate_limit
-
-    @property
-    def auth_throttle(self) -> AuthFailureThrottle:
-        """The shared ``auth_throttle``."""
-        return self.shared.auth_throttle
-
-    @property
-    def resilient(self) -> ResilientTokenSource:
-        """The shared ``resilient``."""
-        return self.shared.resilient
-
-    @property
-    def config(self) -> BrokerConfig:
-        """The generation ``config``."""
-        return self.generation.config
-
-    @property
-    def broker(self) -> Broker:
-        """The generation ``broker``."""
-        return self.generation.broker
-
-    @property
-    def callers(self) -> Authenticator:
-        """The generation ``callers``."""
-        return self.generation.callers
-
-    @property
-    def source(self) -> UpstreamTokenSource:
-        """The generation ``source``."""
-        return self.generation.source
-
-    @property
-    def keys(self) -> JwksKeySource | None:
-        """The generation ``keys``."""
-        return self.generation.keys
-
     def start(self) -> None:
         """Start background work: cross-replica invalidations and the reload watcher."""
         cache = self.shared.cache
@@ -208,10 +149,10 @@ class Runtime:
                     self.shared.redis,
                     cache.drop_local,
                     stop=self._stopping,
-                    retry_seconds=self.settings.redis_probe_seconds,
+                    retry_seconds=self.shared.settings.redis_probe_seconds,
                 )
             )
-        if self.settings.reload_seconds > 0:
+        if self.shared.settings.reload_seconds > 0:
             self._spawn(self._watch())
 
     async def _reach_redis(self, redis: Redis, health: RedisHealth) -> None:
@@ -222,7 +163,9 @@ class Runtime:
         """
         while not health.reached and not self._stopping.is_set():
             try:
-                await asyncio.wait_for(redis.ping(), timeout=self.settings.redis_timeout_seconds)
+                await asyncio.wait_for(
+                    redis.ping(), timeout=self.shared.settings.redis_timeout_seconds
+                )
             except Exception as exc:  # noqa: BLE001 - any failure means not reached yet
                 health.failed(exc)
             else:
@@ -230,7 +173,7 @@ class Runtime:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._stopping.wait(), timeout=self.settings.redis_probe_seconds
+                    self._stopping.wait(), timeout=self.shared.settings.redis_probe_seconds
                 )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -265,15 +208,15 @@ class Runtime:
     def _watched(self) -> tuple[str, ...]:
         # Content, not mtime: a Kubernetes volume update swaps a symlink, and editors may
         # rewrite a file within the same second.
-        paths = [self.settings.config]
-        if self.settings.cache_keys_file is not None:
-            paths.append(self.settings.cache_keys_file)
+        paths = [self.shared.settings.config]
+        if self.shared.settings.cache_keys_file is not None:
+            paths.append(self.shared.settings.cache_keys_file)
         return tuple(_digest(path) for path in paths)
 
     async def _watch(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.reload_seconds)
+                await asyncio.wait_for(self._stopping.wait(), self.shared.settings.reload_seconds)
                 return
             current = await asyncio.to_thread(self._watched)
             if current != self._fingerprints:
@@ -286,7 +229,7 @@ class Runtime:
         """
         async with self._reloading:
             self._fingerprints = await asyncio.to_thread(self._watched)
-            settings = self.settings
+            settings = self.shared.settings
             try:
                 config = await asyncio.to_thread(load_checked, _with_fresh_files(settings))
                 cipher = _cipher(_with_fresh_files(settings))
@@ -317,7 +260,7 @@ class Runtime:
     async def _retire(self, old: Generation) -> None:
         # Requests that started on the old generation may still be waiting on an exchange.
         self._retiring.append(old)
-        await asyncio.sleep(self.settings.wait_timeout_seconds)
+        await asyncio.sleep(self.shared.settings.wait_timeout_seconds)
         self._retiring.remove(old)
         await old.aclose()
 

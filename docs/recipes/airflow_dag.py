@@ -6,7 +6,8 @@ Two DAGs; copy the one you need:
   ``$OM_JWT_TOKEN`` (never argv) and then *becomes* ``metadata ingest``; the workflow YAML
   says ``jwtToken: "${OM_JWT_TOKEN}"``.
 * ``openmetadata_mysql_python``: a PythonOperator. The callable asks the broker with
-  ``service.runner.client`` (the token-broker package), puts the token at
+  ``token_broker_runner.client`` (the runner wheel: standard library only, no dependency to
+  clash with the worker's pins), puts the token at
   ``workflowConfig.openMetadataServerConfig.securityConfig.jwtToken`` and runs the workflow
   in-process with ``MetadataWorkflow``.
 
@@ -74,7 +75,7 @@ with DAG(
     )
 
 
-# -- 2. PythonOperator: service.runner.client + MetadataWorkflow ------------------------------------
+# -- 2. PythonOperator: token_broker_runner.client + MetadataWorkflow --------------------------
 
 
 def with_jwt_token(workflow: dict[str, Any], token: str) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def with_jwt_token(workflow: dict[str, Any], token: str) -> dict[str, Any]:
 def workflow_config_with_token(workflow: dict[str, Any]) -> dict[str, Any]:
     """``workflow`` with a broker token that lives at least MIN_TTL as its jwtToken."""
     # Imported here so that parsing the DAG file needs nothing beyond Airflow.
-    from service.runner.client import (  # noqa: PLC0415
+    from token_broker_runner.client import (  # noqa: PLC0415
         DEFAULT_URL,
         credential_from_env,
         fetch_token,
@@ -124,7 +125,7 @@ def run_metadata_workflow(workflow_file: str) -> None:
 
 with DAG(
     dag_id="openmetadata_mysql_python",
-    description="MySQL metadata into OpenMetadata; token via service.runner.client in the task",
+    description="MySQL metadata into OpenMetadata; token via token_broker_runner in the task",
     schedule=SCHEDULE,
     **DAG_ARGS,
 ) as python_dag:

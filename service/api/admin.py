@@ -12,15 +12,16 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service.api.errors import NO_STORE
-from service.api.routes import ERROR_RESPONSES, bearer_caller, client_address, runtime
-from service.config.load import BrokerConfig, CallerSpec, Profile, SecretSource
+from service.api.deps import bearer_caller, client_address, json_response, runtime
+from service.api.schemas import ERROR_RESPONSES
+from service.config.schema import CallerSpec
+from service.config.secrets import SecretSource
+from service.config.validated import BrokerConfig, Profile
 from service.durations import parse_duration
-from service.errors import AccessDenied, BrokerError
+from service.errors import AccessDenied, BrokerError, NotFound
 from service.models import Caller
 from service.observe import audit, metrics
 from service.runtime import Runtime
@@ -54,11 +55,11 @@ def _secret(source: SecretSource | None, now: float) -> dict[str, Any] | None:
 
 
 async def _describe(rt: Runtime, profile: Profile) -> dict[str, Any]:
-    now = rt.clock()
-    breaker = rt.resilient.breaker(profile.name)
-    last = rt.resilient.last_exchange.get(profile.name)
+    now = rt.shared.clock()
+    breaker = rt.shared.resilient.breaker(profile.name)
+    last = rt.shared.resilient.last_exchange.get(profile.name)
     cached = []
-    for scopes, token in await rt.broker.cached(profile.name):
+    for scopes, token in await rt.generation.broker.cached(profile.name):
         if token is not None and token.remaining(now) > 0:
             cached.append(
                 {
@@ -87,10 +88,6 @@ async def _describe(rt: Runtime, profile: Profile) -> dict[str, Any]:
     }
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(content=orjson.dumps(body), media_type="application/json", headers=NO_STORE)
-
-
 @router.get("/profiles", responses=ERROR_RESPONSES)
 async def list_profiles(
     request: Request, caller: Annotated[Caller, Depends(bearer_caller)]
@@ -98,11 +95,11 @@ async def list_profiles(
     """Every profile: issuer, auth method, last exchange, cached expiries, secret age."""
     _require_admin(request, caller, "list_profiles", None)
     rt = runtime(request)
-    profiles = [await _describe(rt, p) for p in rt.config.profiles.values()]
+    profiles = [await _describe(rt, p) for p in rt.generation.config.profiles.values()]
     audit.admin("list_profiles", caller=caller.name, profile=None, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("list_profiles").inc()
-    return _json({"profiles": profiles, "config_loaded_at": _iso(rt.generation.loaded_at)})
+    return json_response({"profiles": profiles, "config_loaded_at": _iso(rt.generation.loaded_at)})
 
 
 @router.post("/profiles/{name}/invalidate", responses=ERROR_RESPONSES)
@@ -112,14 +109,14 @@ async def invalidate(
     """Drop the profile's cached tokens in every replica; the next request asks the issuer."""
     rt = runtime(request)
     # Only a configured name reaches the audit line; anything else is caller input.
-    known = name if name in rt.config.profiles else None
+    known = name if name in rt.generation.config.profiles else None
     _require_admin(request, caller, "invalidate", known)
     if known is None:
         audit.admin("invalidate", caller=caller.name, profile=None, outcome="unknown_profile",
                     client=client_address(request))  # fmt: skip
-        return _not_found("no such profile")
+        raise NotFound("no such profile")
     try:
-        await rt.broker.invalidate(known)
+        await rt.generation.broker.invalidate(known)
     except BrokerError as exc:
         audit.admin("invalidate", caller=caller.name, profile=known, outcome=exc.error,
                     client=client_address(request))  # fmt: skip
@@ -127,17 +124,7 @@ async def invalidate(
     audit.admin("invalidate", caller=caller.name, profile=known, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("invalidate").inc()
-    return _json({"profile": known, "invalidated": True})
-
-
-def _not_found(description: str) -> Response:
-    # The name asked for is caller input: the body says what kind of name was unknown only.
-    return Response(
-        content=orjson.dumps({"error": "invalid_request", "error_description": description}),
-        status_code=404,
-        media_type="application/json",
-        headers=NO_STORE,
-    )
+    return json_response({"profile": known, "invalidated": True})
 
 
 def _credentials(spec: CallerSpec) -> list[dict[str, Any]]:
@@ -216,7 +203,8 @@ async def policy(
     if unknown is not None:
         audit.admin("policy", caller=caller.name, profile=None, outcome=unknown,
                     client=client_address(request))  # fmt: skip
-        return _not_found(f"no such {unknown.removeprefix('unknown_')}")
+        # The name asked for is caller input: the body says only what kind of name it was.
+        raise NotFound(f"no such {unknown.removeprefix('unknown_')}")
     callers = [
         _policy(config, caller_name, spec, known_profile)
         for caller_name, spec in config.callers.items()
@@ -228,4 +216,4 @@ async def policy(
     audit.admin("policy", caller=caller.name, profile=known_profile, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("policy").inc()
-    return _json({"callers": callers, "config_loaded_at": _iso(generation.loaded_at)})
+    return json_response({"callers": callers, "config_loaded_at": _iso(generation.loaded_at)})

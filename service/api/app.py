@@ -14,9 +14,13 @@ from service import __version__
 from service.api import errors
 from service.api.admin import router as admin_router
 from service.api.bench import router as bench_router
-from service.api.middleware.limits import RequestLimits
+from service.api.health import router as health_router
+from service.api.middleware.body_limits import BodyLimit
+from service.api.middleware.header_limits import HeaderLimits
 from service.api.middleware.proxies import TrustedProxies
-from service.api.routes import router
+from service.api.middleware.request_id import RequestId
+from service.api.oauth2 import router as oauth2_router
+from service.api.token import router as token_router
 from service.config.settings import Settings
 from service.observe.logs import drain
 from service.runtime import Runtime, build_runtime, load_checked
@@ -51,19 +55,24 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         docs_url="/docs" if settings.docs else None,
         redoc_url="/redoc" if settings.docs else None,
     )
-    app.include_router(router)
+    app.include_router(token_router)
+    app.include_router(oauth2_router)
+    app.include_router(health_router)
     app.include_router(admin_router)
     if settings.bench_endpoints:
         app.include_router(bench_router)
     errors.install(app)
-    # Added first, so it runs inside RequestLimits (headers already bounded), before any route.
+    # Added innermost first: a request meets RequestId, HeaderLimits, BodyLimit, then
+    # TrustedProxies (headers already bounded), before any route. Plain ASGI classes, not
+    # BaseHTTPMiddleware: each layer costs one call (bench/README.md).
     app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        RequestLimits,
-        max_bytes=settings.max_body_bytes,
+        HeaderLimits,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
     )
+    app.add_middleware(RequestId)
     return app
 
 

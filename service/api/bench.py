@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.errors import NO_STORE
-from service.api.routes import parse_token_body
+from service.api.token import parse_token_body
 
 router = APIRouter(prefix="/bench", include_in_schema=False)
 

@@ -1,4 +1,4 @@
-"""Every failure becomes an RFC 6749 error body; no stack trace ever reaches a caller."""
+"""The one map from errors to responses: ``render``; no stack trace ever reaches a caller."""
 
 from __future__ import annotations
 
@@ -14,30 +14,48 @@ from starlette.requests import ClientDisconnect
 
 from service.api.schemas import TOKEN_BODY_HINTS, TokenBody
 from service.config.load import WORDING, wording
-from service.errors import BrokerError, InvalidRequest
+from service.errors import (
+    AccessDenied,
+    BrokerError,
+    InvalidClient,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
 from service.observe import metrics
 
 log = logging.getLogger("token_broker.api")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_HTTP_CODES = {401: "invalid_client", 403: "unauthorized_client"}
+
+__all__ = ["NO_STORE", "describe_validation", "install", "render", "validation_error"]
 
 
-def error_response(
-    status: int, error: str, description: str, headers: dict[str, str] | None = None
-) -> Response:
-    """A JSON error body with the no-store headers."""
+def render(exc: BrokerError) -> Response:
+    """The response for ``exc``: its status, RFC 6749 body and headers, never cached."""
     return Response(
-        content=orjson.dumps({"error": error, "error_description": description}),
-        status_code=status,
+        content=orjson.dumps({"error": exc.error, "error_description": exc.description}),
+        status_code=exc.status,
         media_type="application/json",
-        headers={**NO_STORE, **(headers or {})},
+        headers={**NO_STORE, **exc.headers()},
     )
 
 
-def broker_error_response(exc: BrokerError) -> Response:
-    """Render a broker error."""
-    return error_response(exc.status, exc.error, exc.description, exc.headers())
+def _from_http(exc: HTTPException) -> BrokerError:
+    """Starlette's own refusals (no such route, wrong method) as errors of the tree."""
+    detail = str(exc.detail)
+    if exc.status_code == 404:  # noqa: PLR2004
+        return NotFound(detail)
+    if exc.status_code == 405:  # noqa: PLR2004
+        return MethodNotAllowed(detail, (exc.headers or {}).get("Allow"))
+    if exc.status_code == 401:  # noqa: PLR2004
+        return InvalidClient(detail)
+    if exc.status_code == 403:  # noqa: PLR2004
+        return AccessDenied(detail)
+    # A status the tree has no class for keeps its status, as an invalid_request.
+    other = InvalidRequest(detail)
+    other.status = exc.status_code
+    return other
 
 
 _WORDING = {**WORDING, "model_type": "expected a JSON object"}
@@ -81,16 +99,15 @@ def install(app: FastAPI) -> None:
 
     async def on_broker_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, BrokerError)
-        return broker_error_response(exc)
+        return render(exc)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return error_response(400, "invalid_request", describe_validation(exc))
+        return render(InvalidRequest(describe_validation(exc)))
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "invalid_request")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        return render(_from_http(exc))
 
     async def on_disconnect(_: Request, exc: Exception) -> Response:
         # A client that hangs up mid-body is the client's business, and a flood of them must
@@ -98,11 +115,11 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, ClientDisconnect)
         metrics.client_disconnects.inc()
         log.debug("client disconnected before its request body arrived")
-        return error_response(400, "invalid_request", "request body incomplete")
+        return render(InvalidRequest("request body incomplete"))
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.error("unhandled error", extra={"error": type(exc).__name__})
-        return error_response(500, "server_error", "internal error")
+        return render(BrokerError("internal error"))
 
     app.add_exception_handler(BrokerError, on_broker_error)
     app.add_exception_handler(RequestValidationError, on_validation)

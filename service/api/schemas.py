@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
-from service.config.load import Name
+from service.config.schema import Name
 from service.core import scopes
 from service.durations import parse_duration
 
@@ -78,3 +78,18 @@ class ErrorBody(BaseModel):
 
     error: str
     error_description: str
+
+
+# The documented refusals of the token endpoints and the admin API (OpenAPI ``responses``).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Malformed request (invalid_request, unsupported_grant_type).",
+        401: "Caller not authenticated (invalid_client).",
+        403: "Policy refused (unauthorized_client, invalid_scope).",
+        413: "Request body too large.",
+        429: "Too many requests from this caller or address; see Retry-After.",
+        502: "The issuer refused the exchange.",
+        503: "The issuer is unreachable and no cached token can stand in.",
+    }.items()
+}

@@ -23,9 +23,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from service.callers.jwt import PublicKey, key_matches
-from service.config.load import TrustedIssuer
+from service.config.validated import TrustedIssuer
 from service.errors import InvalidClient, UpstreamUnavailable
-from service.upstream.providers.base import url_problem
+from service.upstream.discovery import BadDiscoveryDocument, discovered_url, discovery_url
 
 log = logging.getLogger("token_broker.callers")
 
@@ -158,14 +158,11 @@ class JwksKeySource:
             return _json(raw)
         url = issuer.jwks_url
         if url is None:
-            discovery = await self._get(issuer, f"{issuer.issuer}/.well-known/openid-configuration")
-            if not isinstance(discovery, dict):
-                raise JwksError("discovery document is not a JSON object")
-            if str(discovery.get("issuer", "")).rstrip("/") != issuer.issuer:
-                raise JwksError("discovery document names a different issuer")
-            url = discovery.get("jwks_uri")
-            if not isinstance(url, str) or url_problem(url):
-                raise JwksError("discovery document has no usable jwks_uri")
+            document = await self._get(issuer, discovery_url(issuer.issuer))
+            try:
+                url = discovered_url(document, issuer.issuer, "jwks_uri")
+            except BadDiscoveryDocument as exc:
+                raise JwksError(f"discovery document {exc}") from None
         return await self._get(issuer, url)
 
     async def _get(self, issuer: TrustedIssuer, url: str) -> Any:

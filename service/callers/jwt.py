@@ -40,7 +40,7 @@ from service.errors import InvalidClient
 from service.models import Caller
 
 if TYPE_CHECKING:
-    from service.config.load import TrustedIssuer, WorkloadBinding
+    from service.config.validated import TrustedIssuer, WorkloadBinding
 
 PublicKey = RSAKey | ECKey
 MAX_TOKEN_BYTES = 16_384

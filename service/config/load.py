@@ -3,6 +3,10 @@
 ``load_config`` checks everything it can and raises one ``ConfigError`` listing every
 problem, so an operator fixes a file in one pass. No message ever contains a secret: we
 only ever name the field and the reason.
+
+Long because every problem is reported at once: each check runs on whatever survived the
+checks before it, and its wording lives beside it; the shapes are in ``schema``, the secrets
+in ``secrets`` and the result types in ``validated``.
 """
 
 from __future__ import annotations
@@ -10,32 +14,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import os
 import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from service.config.schema import (
+    NAME_PATTERN,
+    CallerSpec,
+    GrantSpec,
+    KubernetesSpec,
+    ProfileSpec,
+    TrustedIssuerSpec,
+    WorkloadSpec,
+)
+from service.config.secrets import SecretSource, check_private_key, secret_source
+from service.config.validated import BrokerConfig, Profile, TrustedIssuer, WorkloadBinding
 from service.core.policy import GrantRule, Policy
-from service.core.scopes import SCOPE_TOKEN_PATTERN
 from service.durations import parse_duration
 from service.errors import ConfigError
 from service.upstream.providers import PROVIDERS
-from service.upstream.providers.base import Provider, url_problem
+from service.upstream.providers.base import url_problem
 
-# Profile, caller and label names: also metric labels later, so short and plain.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-# RFC 6749 section 3.3 scope-token.
-ScopeToken = Annotated[str, StringConstraints(pattern=SCOPE_TOKEN_PATTERN)]
 M = TypeVar("M", bound=BaseModel)
 _TOP_LEVEL = frozenset({"profiles", "callers", "trusted_issuers"})
 MAX_LEEWAY_SECONDS = 300
@@ -51,102 +57,6 @@ _RESERVED_PARAMS = frozenset(
         "resource",
     }
 )
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProfileSpec(_Strict):
-    """One OIDC client the broker exchanges credentials for."""
-
-    provider: Literal["oidc", "onelogin"] = "oidc"
-    issuer: str | None = None
-    token_endpoint: str | None = None
-    subdomain: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
-    region: Literal["us", "eu"] | None = None
-    client_id: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    client_secret: Any = None
-    private_key: Any = None
-    signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
-    key_id: str | None = None
-    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
-        "client_secret_basic"
-    )
-    scopes: list[ScopeToken] = Field(default_factory=list)
-    audience: str | None = None
-    resource: str | None = None
-    extra_params: dict[str, str] = Field(default_factory=dict)
-
-
-class GrantSpec(_Strict):
-    """A caller's right to a profile, optionally narrowed to some scopes."""
-
-    profile: str
-    scopes: list[ScopeToken] | None = None
-    max_ttl: str | int | None = None
-
-
-# Kubernetes object names (RFC 1123 subdomains / labels).
-K8sName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]
-# Asymmetric algorithms only: an HMAC algorithm would let a public JWKS key act as a secret.
-WorkloadAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
-ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-
-
-class TrustedIssuerSpec(_Strict):
-    """An issuer of workload JWTs (a Kubernetes cluster, a CI system) trusted to name callers."""
-
-    kind: Literal["kubernetes", "generic"] = "generic"
-    issuer: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    audience: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    jwks_url: str | None = None
-    jwks_file: str | None = None
-    ca_file: str | None = None
-    algorithms: list[WorkloadAlg] = Field(default=["RS256", "ES256"], min_length=1)
-    leeway: str | int = 30
-    required_claims: dict[Annotated[str, StringConstraints(max_length=128)], ClaimValue] = Field(
-        default_factory=dict
-    )
-    # None: the kind decides. An RFC 7523 assertion is for one use, so a generic issuer's
-    # tokens are refused the second time; a projected service-account token is a bearer
-    # credential the kubelet hands out for reuse (pods present it until it is rotated at
-    # about 80 % of its life), so a cluster's tokens may be presented again.
-    replay: Literal["refuse", "allow"] | None = None
-    require_jti: bool = True
-
-
-class KubernetesSpec(_Strict):
-    """Binds a caller to a Kubernetes service account, optionally to one pod name."""
-
-    namespace: K8sName
-    service_account: K8sName
-    pod: K8sName | None = None
-    issuer: Name | None = None
-
-
-class WorkloadSpec(_Strict):
-    """Binds a caller to the ``sub`` (and optionally other claims) of a trusted issuer's JWTs."""
-
-    issuer: Name
-    subject: ClaimValue
-    claims: dict[Annotated[str, StringConstraints(max_length=128)], ClaimValue] = Field(
-        default_factory=dict
-    )
-
-
-KeyHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
-class CallerSpec(_Strict):
-    """Who may ask, how they prove it, and what they may get."""
-
-    # One hash, or a list while a key is being rotated (the old and the new key both work).
-    api_key_sha256: KeyHash | list[KeyHash] | None = None
-    kubernetes: KubernetesSpec | None = None
-    workload: WorkloadSpec | None = None
-    roles: list[Literal["admin"]] = Field(default_factory=list)
-    grants: list[GrantSpec] = Field(default_factory=list)
 
 
 # -- problems in the broker's words --------------------------------------------------------
@@ -329,114 +239,6 @@ def _did_you_mean(spot: _Spot, loc: tuple[int | str, ...]) -> str:
         return ""
     known = list(spot.model.model_fields)
     return _close_to(loc[-1], known) or "; known keys: " + ", ".join(known)
-
-
-class SecretSource:
-    """Where a secret lives; read on use so a rotated file is picked up without restart."""
-
-    def __init__(
-        self, *, file: Path | None = None, env: str | None = None, inline: str = ""
-    ) -> None:
-        self.file = file
-        self.env = env
-        self._inline = inline
-
-    def describe(self) -> str:
-        """Where the secret comes from, never what it is."""
-        if self.file is not None:
-            return f"file {self.file}"
-        if self.env is not None:
-            return f"env {self.env}"
-        return "inline (development only)"
-
-    def read(self) -> str:
-        """The current secret; raises ``OSError`` / ``LookupError`` when it is unavailable."""
-        if self.file is not None:
-            value = self.file.read_text(encoding="utf-8").strip()
-        elif self.env is not None:
-            value = os.environ.get(self.env, "").strip()
-        else:
-            value = self._inline
-        if not value:
-            raise LookupError(f"secret from {self.describe()} is empty")
-        return value
-
-    def __repr__(self) -> str:
-        return f"SecretSource({self.describe()})"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A validated profile, ready for the upstream side."""
-
-    name: str
-    spec: ProfileSpec
-    provider: Provider
-    issuer: str | None
-    client_secret: SecretSource | None
-    private_key: SecretSource | None
-
-    @property
-    def identity(self) -> str:
-        """What makes two profiles' tokens interchangeable; part of every cache key."""
-        s = self.spec
-        extras = "&".join(f"{k}={v}" for k, v in sorted(s.extra_params.items()))
-        return "\n".join(
-            [
-                self.issuer or "",
-                s.token_endpoint or "",
-                s.client_id,
-                s.audience or "",
-                s.resource or "",
-                extras,
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class TrustedIssuer:
-    """A validated trusted issuer of workload JWTs."""
-
-    name: str
-    kind: Literal["kubernetes", "generic"]
-    issuer: str
-    audience: str
-    jwks_url: str | None
-    jwks_file: Path | None
-    ca_file: Path | None
-    algorithms: tuple[str, ...]
-    leeway: int
-    required_claims: Mapping[str, str]
-    # The safe side by default; the loader sets both from the YAML and the issuer's kind.
-    replay: Literal["refuse", "allow"] = "refuse"
-    require_jti: bool = True
-
-
-@dataclass(frozen=True)
-class WorkloadBinding:
-    """Which verified workload JWTs authenticate as ``caller``.
-
-    ``subject`` must equal the JWT's ``sub``; every ``claims`` entry must equal the claim at
-    that path (a path of one name for a top-level claim; Kubernetes bindings reach into the
-    ``kubernetes.io`` object, whose name holds a dot, hence tuples rather than dotted text).
-    """
-
-    caller: str
-    issuer: str
-    subject: str
-    claims: Mapping[tuple[str, ...], str]
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Everything the YAML says, validated and indexed for request time."""
-
-    profiles: Mapping[str, Profile]
-    callers: Mapping[str, CallerSpec]
-    policy: Policy
-    api_keys: Mapping[str, str]  # hex SHA-256 of a whole key -> caller name
-    trusted_issuers: Mapping[str, TrustedIssuer] = dataclasses.field(default_factory=dict)
-    workloads: tuple[WorkloadBinding, ...] = ()
 
 
 def load_config(path: Path, *, allow_inline_secrets: bool = False) -> BrokerConfig:
@@ -633,76 +435,28 @@ def _credentials(
     if "auth_method" in broken:
         # Which secret the profile needs is unknown: check whichever is there, demand none.
         if spec.client_secret is not None:
-            secret = _secret_source(
+            secret = secret_source(
                 f"{where}.client_secret", spec.client_secret, base_dir, allow_inline, problems
             )
         if spec.private_key is not None:
-            key = _secret_source(
+            key = secret_source(
                 f"{where}.private_key", spec.private_key, base_dir, allow_inline, problems
             )
     elif spec.auth_method == "private_key_jwt":
-        key = _secret_source(
+        key = secret_source(
             f"{where}.private_key", spec.private_key, base_dir, allow_inline, problems
         )
         if key is not None and "signing_alg" not in broken:
-            _check_private_key(f"{where}.private_key", key, spec.signing_alg, problems)
+            check_private_key(f"{where}.private_key", key, spec.signing_alg, problems)
         if spec.client_secret is not None:
             problems.append(f"{where}.client_secret: not used with private_key_jwt; remove it")
     else:
-        secret = _secret_source(
+        secret = secret_source(
             f"{where}.client_secret", spec.client_secret, base_dir, allow_inline, problems
         )
         if spec.private_key is not None:
             problems.append(f"{where}.private_key: only used with auth_method private_key_jwt")
     return secret, key
-
-
-def _secret_source(  # noqa: PLR0911 - one early return per kind of problem
-    where: str, ref: object, base_dir: Path, allow_inline: bool, problems: list[str]
-) -> SecretSource | None:
-    if ref is None:
-        problems.append(f"{where}: required ({{file: PATH}} or {{env: NAME}})")
-        return None
-    if isinstance(ref, str):
-        if not allow_inline:
-            problems.append(
-                f"{where}: inline secrets are refused; use {{file: PATH}} or {{env: NAME}} "
-                "(TOKEN_BROKER_ALLOW_INLINE_SECRETS=true allows them for local development)"
-            )
-            return None
-        source = SecretSource(inline=ref)
-    elif isinstance(ref, dict) and set(ref) == {"file"} and isinstance(ref["file"], str):
-        source = SecretSource(file=(base_dir / ref["file"]))
-    elif isinstance(ref, dict) and set(ref) == {"env"} and isinstance(ref["env"], str):
-        source = SecretSource(env=ref["env"])
-    else:
-        problems.append(f"{where}: must be {{file: PATH}} or {{env: NAME}}")
-        return None
-    try:
-        source.read()
-    except FileNotFoundError:
-        problems.append(f"{where}: {source.describe()} does not exist")
-        return None
-    except OSError as exc:
-        problems.append(f"{where}: {source.describe()} cannot be read ({exc.strerror})")
-        return None
-    except LookupError:
-        problems.append(f"{where}: {source.describe()} is unset or empty")
-        return None
-    return source
-
-
-def _check_private_key(where: str, source: SecretSource, alg: str, problems: list[str]) -> None:
-    try:
-        key = load_pem_private_key(source.read().encode(), password=None)
-    except (ValueError, TypeError):
-        problems.append(f"{where}: not an unencrypted PEM private key")
-        return
-    wants_ec = alg.startswith("ES")
-    if wants_ec and not isinstance(key, ec.EllipticCurvePrivateKey):
-        problems.append(f"{where}: signing_alg {alg} needs an EC key")
-    elif not wants_ec and not isinstance(key, rsa.RSAPrivateKey):
-        problems.append(f"{where}: signing_alg {alg} needs an RSA key")
 
 
 def _grants(

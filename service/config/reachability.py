@@ -22,8 +22,8 @@ from service.store.redis import failure_reason
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from service.config.load import BrokerConfig, Profile
     from service.config.settings import Settings
+    from service.config.validated import BrokerConfig, Profile
 
 TIMEOUT_SECONDS = 5.0
 _MAX_DETAIL = 200

@@ -57,6 +57,21 @@ class TokenSource(Protocol):
         """A fresh token for ``profile`` carrying ``scopes``."""
 
 
+class ExchangeBudget(Protocol):
+    """How many exchanges a profile may make: the issuer's protection, not the broker's."""
+
+    async def spend(self, profile: str) -> None:
+        """Count one exchange; raise ``UpstreamUnavailable`` (503) when over the budget."""
+
+
+class Unlimited:
+    """No issuer budget (tests and single-purpose tools)."""
+
+    async def spend(self, profile: str) -> None:
+        """Always allowed."""
+        del profile
+
+
 class LocalOnlyLock:
     """The lock for a single replica: the in-process single-flight is all it needs."""
 
@@ -85,12 +100,14 @@ class Broker:
         wait_timeout: float = 15.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_waiters: Callable[[int], None] | None = None,
+        budget: ExchangeBudget | None = None,
     ) -> None:
         self._cache = cache
         # Told the number of requests waiting on another's exchange (a metrics gauge).
         self._on_waiters = on_waiters or (lambda _: None)
         self._waiting = 0
         self._source = source
+        self._budget = budget or Unlimited()
         # profile name -> stable identity of the OIDC client (issuer, client id, audience...).
         self._profiles = profiles
         self._lock = lock or LocalOnlyLock()
@@ -269,6 +286,9 @@ class Broker:
                     current = await self._cache.get(key)
                     if current is not None and accept(current):
                         return Issued(current, "cache")
+                    # Counted only when an exchange really happens, after the lease and the
+                    # cache re-check: waiting on another replica's exchange costs nothing.
+                    await self._budget.spend(grant.profile)
                     token = await self._source.fetch(grant.profile, grant.scopes)
                     self._learn(grant.profile, token)
                     ttl = token.remaining(self._clock()) - self.skew(token)

@@ -1,1 +1,3 @@
 """What operators see: JSON logs, Prometheus metrics, the audit trail."""
+
+__all__ = ["audit", "logs", "metrics"]

@@ -6,22 +6,15 @@ line ever holding a token: ``fingerprint`` is a hash prefix of the token.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 from collections.abc import Mapping
 
+# One definition: the sidecar logs the same fingerprint the audit line carries.
+from service.runner.oauth2 import fingerprint
+
+__all__ = ["admin", "fingerprint", "record"]
+
 log = logging.getLogger("token_broker.audit")
-
-
-@functools.lru_cache(maxsize=4096)
-def fingerprint(token: str) -> str:
-    """A stable, non-reversible short id of a token.
-
-    Memoised: a cached token is the same ``str`` object on every hand-out, and its hash is
-    cached by Python, so the lookup costs far less than hashing 1 kB again.
-    """
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def record(

@@ -1,36 +1,57 @@
 """Runner-side HTTP client: asks a running broker for a token (``token``, ``exec``, ``sidecar``).
 
-Also carries ``token-broker admin``'s calls, so both authenticate the same way.
-
-Kept light on purpose (no FastAPI, pydantic or broker config imports): it runs in every
-Airflow task and ingestion pod, where start-up time is paid on every run.
+Also carries ``token-broker admin``'s calls, so both authenticate the same way. Standard
+library only (urllib over http.client, TLS verified against the system store or
+``TOKEN_BROKER_CA_FILE``): it runs in every Airflow task and ingestion pod, next to other
+people's pins, and start-up time is paid on every run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
+import ssl
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
-import httpx2
+from .oauth2 import DEFAULT_BROKER_URL, NAME_PATTERN, retry_after_seconds
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+__all__ = [
+    "DEFAULT_CREDENTIAL_PATH",
+    "DEFAULT_URL",
+    "ClientError",
+    "FetchedToken",
+    "admin_call",
+    "afetch_token",
+    "credential_from_env",
+    "fetch_token",
+    "parse_label",
+    "parse_response",
+    "run_labels",
+    "write_private_file",
+]
+
+DEFAULT_URL = DEFAULT_BROKER_URL
 # Where a pod mounts its projected service-account token for the broker (a projected volume
 # with `audience: token-broker`). We deliberately do NOT fall back to the generic
 # /var/run/secrets/kubernetes.io/serviceaccount/token: that token is a credential for the
 # Kubernetes API server, and sending it to any other service hands that service the pod's
 # API access. Only a token minted for the broker's audience may leave the pod.
 DEFAULT_CREDENTIAL_PATH = Path("/var/run/secrets/token-broker/token")
+CA_FILE_VARIABLE = "TOKEN_BROKER_CA_FILE"
 
-# The same rule as service.config.load.NAME_PATTERN (a unit test pins that they agree); copied so
-# the runner does not import the broker's configuration stack.
-LABEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+LABEL_NAME_PATTERN = NAME_PATTERN
 LABEL_VALUE_MAX = 256
 MAX_LABELS = 16
 # Airflow exports these to every task (BashOperator env, PythonOperator os.environ).
@@ -42,6 +63,8 @@ AIRFLOW_LABELS: Mapping[str, str] = {
 }
 _LABEL_NAME = re.compile(LABEL_NAME_PATTERN)
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# A token answer is a few kB; anything far larger is not the broker.
+_MAX_ANSWER_BYTES = 1 << 20
 
 
 class ClientError(Exception):
@@ -174,12 +197,8 @@ def request_body(
     return body
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    return None
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return retry_after_seconds(headers.get("retry-after"), now=time.time())
 
 
 def parse_response(status: int, headers: Mapping[str, str], content: bytes) -> FetchedToken:
@@ -190,7 +209,7 @@ def parse_response(status: int, headers: Mapping[str, str], content: bytes) -> F
         raise ClientError(
             f"broker answered HTTP {status} without JSON",
             status=status,
-            retry_after=_retry_after(headers.get("retry-after")),
+            retry_after=_retry_after(headers),
         ) from None
     if status != 200:  # noqa: PLR2004
         raise _refusal(status, headers, data)
@@ -215,8 +234,74 @@ def _refusal(status: int, headers: Mapping[str, str], data: object) -> ClientErr
         status=status,
         error=str(error),
         detail=str(detail),
-        retry_after=_retry_after(headers.get("retry-after")),
+        retry_after=_retry_after(headers),
     )
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: it would carry the credential to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    ca_file = os.environ.get(CA_FILE_VARIABLE, "").strip() or None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a PEM CA bundle"
+        raise ClientError(f"cannot read {CA_FILE_VARIABLE}: {reason}") from None
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
+
+
+def _call(
+    url: str,
+    credential: str,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    body: Mapping[str, Any] | None = None,
+    timeout: float,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to the broker: status, lower-cased headers and body, or ``ClientError``."""
+    if urlsplit(url).scheme not in {"http", "https"}:
+        # urllib would also open file: and ftp: URLs, with the credential attached.
+        raise ClientError(f"cannot ask {url}: the broker URL must be http:// or https://")
+    target = url.rstrip("/") + path
+    if params:
+        target += "?" + urlencode(dict(params))
+    headers = {"Authorization": f"Bearer {credential}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+            target, data=data, headers=headers, method=method
+        )
+        with _opener().open(request, timeout=timeout) as response:
+            return response.status, _lower(response.headers), response.read(_MAX_ANSWER_BYTES)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, _lower(exc.headers), exc.read(_MAX_ANSWER_BYTES)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        name = reason if isinstance(reason, str) else type(reason).__name__
+        raise ClientError(f"broker unreachable at {url}: {name}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
+    except ValueError:
+        # An unknown URL scheme, or a credential that no HTTP header can carry; neither
+        # message may quote the credential.
+        raise ClientError(
+            f"cannot ask {url}: a malformed URL, or a credential that is not header-safe text"
+        ) from None
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {str(name).lower(): str(value) for name, value in headers.items()}
 
 
 def admin_call(
@@ -229,33 +314,16 @@ def admin_call(
     timeout: float = 30.0,
 ) -> dict[str, Any]:
     """One admin API call (``GET /v1/profiles`` ...): its JSON object, or ``ClientError``."""
+    status, headers, content = _call(url, credential, method, path, params=params, timeout=timeout)
     try:
-        response = httpx2.request(
-            method,
-            url.rstrip("/") + path,
-            params=dict(params or {}),
-            headers={"Authorization": f"Bearer {credential}"},
-            timeout=timeout,
-        )
-    except httpx2.HTTPError as exc:
-        raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
-    try:
-        data = json.loads(response.content)
+        data = json.loads(content)
     except ValueError:
         data = None
-    if response.status_code != 200:  # noqa: PLR2004
-        raise _refusal(response.status_code, response.headers, data)
+    if status != 200:  # noqa: PLR2004
+        raise _refusal(status, headers, data)
     if not isinstance(data, dict):
         raise ClientError("broker answered 200 without a JSON object", status=200)
     return data
-
-
-def _token_request(url: str, credential: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "url": url.rstrip("/") + "/v1/token",
-        "json": body,
-        "headers": {"Authorization": f"Bearer {credential}"},
-    }
 
 
 def fetch_token(
@@ -269,18 +337,14 @@ def fetch_token(
     timeout: float = 30.0,
 ) -> FetchedToken:
     """``POST /v1/token``; raises ``ClientError`` with the broker's error description."""
-    request = _token_request(
-        url, credential, request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels)
+    body = request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels)
+    status, headers, content = _call(
+        url, credential, "POST", "/v1/token", body=body, timeout=timeout
     )
-    try:
-        response = httpx2.post(**request, timeout=timeout)
-    except httpx2.HTTPError as exc:
-        raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
-    return parse_response(response.status_code, response.headers, response.content)
+    return parse_response(status, headers, content)
 
 
 async def afetch_token(
-    client: httpx2.AsyncClient,
     url: str,
     credential: str,
     *,
@@ -290,15 +354,17 @@ async def afetch_token(
     labels: Mapping[str, str] | None = None,
     request_timeout: float = 30.0,
 ) -> FetchedToken:
-    """``fetch_token`` on an async client (the sidecar's event loop)."""
-    request = _token_request(
-        url, credential, request_body(profile, scopes=scopes, min_ttl=min_ttl, labels=labels)
+    """``fetch_token`` in a worker thread, so the sidecar's event loop keeps serving."""
+    return await asyncio.to_thread(
+        fetch_token,
+        url,
+        credential,
+        profile=profile,
+        scopes=scopes,
+        min_ttl=min_ttl,
+        labels=labels,
+        timeout=request_timeout,
     )
-    try:
-        response = await client.post(**request, timeout=request_timeout)
-    except httpx2.HTTPError as exc:
-        raise ClientError(f"broker unreachable at {url}: {type(exc).__name__}") from None
-    return parse_response(response.status_code, response.headers, response.content)
 
 
 def write_private_file(path: Path, text: str) -> None:

@@ -1,10 +1,11 @@
 """Abuse limits: hand-outs per caller per minute, and failed authentications per address.
 
-Caller limits are shared by all replicas through Redis (one ``INCR`` + ``PEXPIRE`` per
-request in a fixed one-minute window, atomically in a script) and fall back to an
-in-process window when Redis is down or not configured. Failed authentications are counted
-per client address in process only: they come before any caller is known, and a dictionary
-lookup is the cheapest thing a flood of bad credentials can be made to cost.
+Caller limits are shared by all replicas through Redis by leasing shares of each caller's
+per-minute budget (``store/budget.py``: exact across replicas while Redis answers, no round
+trip per request) and fall back to an in-process window when Redis is down or not
+configured. Failed authentications are counted per client address in process only: they
+come before any caller is known, and a dictionary lookup is the cheapest thing a flood of
+bad credentials can be made to cost.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import RateLimited
 from service.observe import metrics
+from service.store.budget import Budget
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -23,15 +25,8 @@ if TYPE_CHECKING:
 
 WINDOW_SECONDS = 60.0
 MAX_TRACKED = 10_000
+# The same counters as before leases: replicas of either version add to one count.
 _PREFIX = "token-broker:v1:rate:"
-# INCR the window counter and set its expiry on first use; return the count and the ms left.
-_INCR = """
-local count = redis.call('incr', KEYS[1])
-if count == 1 then
-    redis.call('pexpire', KEYS[1], ARGV[1])
-end
-return {count, redis.call('pttl', KEYS[1])}
-"""
 
 
 class WindowCounter:
@@ -69,7 +64,11 @@ class WindowCounter:
 
 
 class CallerRateLimit:
-    """At most ``per_minute`` hand-outs per caller per minute, across replicas when possible."""
+    """At most ``per_minute`` hand-outs per caller per minute, across replicas when possible.
+
+    Spent from a local share of the caller's budget leased from Redis (``store/budget.py``):
+    a hand-out waits on Redis only when this replica holds no share of the caller's budget.
+    """
 
     def __init__(
         self,
@@ -80,47 +79,19 @@ class CallerRateLimit:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limit = per_minute
-        self._redis = redis
-        self._health = health
-        self._script = redis.register_script(_INCR) if redis is not None else None
-        self._local = WindowCounter(clock=clock)
-        self._clock = clock
-        self._blocked: dict[str, float] = {}
+        self._budget = Budget(per_minute, prefix=_PREFIX, redis=redis, health=health, clock=clock)
 
     async def check(self, caller: str) -> None:
         """Count one request by ``caller``; raise ``RateLimited`` beyond the limit."""
         if self._limit <= 0:
             return
-        now = self._clock()
-        blocked_until = self._blocked.get(caller, 0.0)
-        if now < blocked_until:
-            # Already over in this window: refuse without another Redis round trip.
-            self._refuse(caller, blocked_until - now)
-        count, left = await self._hit(caller)
-        if count > self._limit:
-            if len(self._blocked) >= MAX_TRACKED:
-                self._blocked.clear()
-            self._blocked[caller] = now + left
-            self._refuse(caller, left)
-
-    def _refuse(self, caller: str, left: float) -> None:
-        metrics.labelled(metrics.rate_limited, "caller").inc()
-        raise RateLimited(f"caller '{caller}' is over {self._limit} requests per minute", left)
-
-    async def _hit(self, caller: str) -> tuple[int, float]:
-        if self._script is not None and self._health is not None:
-            from service.store.redis import RedisDown  # noqa: PLC0415 - keeps redis optional
-
-            script = self._script
-            try:
-                count, ttl_ms = await self._health.call(
-                    lambda: script(keys=[_PREFIX + caller], args=[int(WINDOW_SECONDS * 1000)])
-                )
-            except RedisDown:
-                pass  # degraded: this replica's own window still limits
-            else:
-                return int(count), max(int(ttl_ms), 0) / 1000
-        return self._local.hit(caller)
+        verdict = self._budget.try_spend(caller) or await self._budget.spend(caller)
+        if not verdict.allowed:
+            metrics.labelled(metrics.rate_limited, "caller").inc()
+            raise RateLimited(
+                f"caller '{caller}' is over {self._limit} requests per minute",
+                verdict.retry_after,
+            )
 
 
 class AuthFailureThrottle:

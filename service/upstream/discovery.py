@@ -1,4 +1,4 @@
-"""OpenID Connect discovery: the token endpoint of an issuer, cached until it fails."""
+"""OpenID Connect discovery: one check of a discovery document, and token endpoints cached."""
 
 from __future__ import annotations
 
@@ -8,6 +8,34 @@ import httpx2
 
 from service.errors import UpstreamError, UpstreamUnavailable
 from service.upstream.providers.base import url_problem
+
+__all__ = ["BadDiscoveryDocument", "Discovery", "discovered_url", "discovery_url"]
+
+
+class BadDiscoveryDocument(Exception):
+    """Its text completes "discovery document ...", never quoting the document."""
+
+
+def discovery_url(issuer: str) -> str:
+    """Where ``issuer`` publishes its OpenID Connect discovery document."""
+    return f"{issuer}/.well-known/openid-configuration"
+
+
+def discovered_url(document: object, issuer: str, field: str) -> str:
+    """The URL ``field`` of ``issuer``'s discovery document.
+
+    Both sides that read discovery (the token endpoint here, trusted issuers' keys in
+    ``callers.jwks``) check a document the same way through this function.
+    """
+    if not isinstance(document, dict):
+        raise BadDiscoveryDocument("is not a JSON object")
+    # OIDC Discovery section 4.3: the document must name the issuer we asked.
+    if str(document.get("issuer", "")).rstrip("/") != issuer:
+        raise BadDiscoveryDocument("names a different issuer")
+    url = document.get(field)
+    if not isinstance(url, str) or url_problem(url):
+        raise BadDiscoveryDocument(f"has no usable {field}")
+    return url
 
 
 class Discovery:
@@ -35,9 +63,10 @@ class Discovery:
         self._endpoints.pop(issuer, None)
 
     async def _fetch(self, issuer: str) -> str:
-        url = f"{issuer}/.well-known/openid-configuration"
         try:
-            response = await self._http.get(url, headers={"Accept": "application/json"})
+            response = await self._http.get(
+                discovery_url(issuer), headers={"Accept": "application/json"}
+            )
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(f"issuer discovery failed: {type(exc).__name__}") from None
         if response.status_code >= 500:  # noqa: PLR2004
@@ -48,12 +77,7 @@ class Discovery:
             document = response.json()
         except ValueError:
             raise UpstreamError("issuer discovery document is not JSON") from None
-        if not isinstance(document, dict):
-            raise UpstreamError("issuer discovery document is not a JSON object")
-        # OIDC Discovery section 4.3: the document must name the issuer we asked.
-        if str(document.get("issuer", "")).rstrip("/") != issuer:
-            raise UpstreamError("issuer discovery document names a different issuer")
-        endpoint = document.get("token_endpoint")
-        if not isinstance(endpoint, str) or url_problem(endpoint):
-            raise UpstreamError("issuer discovery document has no usable token_endpoint")
-        return endpoint
+        try:
+            return discovered_url(document, issuer, "token_endpoint")
+        except BadDiscoveryDocument as exc:
+            raise UpstreamError(f"issuer discovery document {exc}") from None

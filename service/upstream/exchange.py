@@ -19,7 +19,7 @@ from service.upstream.resilience import retry_after_seconds
 from service.upstream.tokens import token_from_response
 
 if TYPE_CHECKING:
-    from service.config.load import Profile
+    from service.config.validated import Profile
     from service.models import IssuedToken
 
 log = logging.getLogger("token_broker.upstream")
@@ -42,6 +42,52 @@ def _raise_when_busy(response: httpx2.Response) -> httpx2.Response:
     if response.status_code == 429 or response.status_code >= 500:  # noqa: PLR2004
         raise _IssuerBusy(response.status_code, response.headers.get("retry-after"))
     return response
+
+
+def _refused(exc: Exception, profile: str, _: float) -> UpstreamError:
+    assert isinstance(exc, OAuthError)
+    code = exc.error if _ERROR_CODE.fullmatch(str(exc.error)) else "unrecognised"
+    return UpstreamError(
+        f"issuer refused the exchange for profile '{profile}': {code}", issuer_error=code
+    )
+
+
+def _busy(exc: Exception, _: str, now: float) -> UpstreamError:
+    assert isinstance(exc, _IssuerBusy)
+    return UpstreamUnavailable(
+        f"issuer answered HTTP {exc.status}", hint=retry_after_seconds(exc.retry_after, now=now)
+    )
+
+
+def _status(exc: Exception, _: str, __: float) -> UpstreamError:
+    assert isinstance(exc, httpx2.HTTPStatusError)
+    status = exc.response.status_code
+    if status >= 500 or status == 429:  # noqa: PLR2004
+        return UpstreamUnavailable(f"issuer answered HTTP {status}")
+    return UpstreamError(f"issuer answered HTTP {status}")
+
+
+def _unreachable(exc: Exception, _: str, __: float) -> UpstreamError:
+    return UpstreamUnavailable(f"issuer unreachable: {type(exc).__name__}")
+
+
+def _unusable(_: Exception, __: str, ___: float) -> UpstreamError:
+    return UpstreamError("issuer returned an unusable token response")
+
+
+# How an exchange's failure becomes a broker error, first match wins (HTTPStatusError before
+# its base HTTPError): (exception class, whether the issuer may be unreachable, translation).
+# Refusals (OAuthError) are 502s that are not retried; everything unreachable is a 503.
+_FAILURES: tuple[
+    tuple[type[Exception], bool, Callable[[Exception, str, float], UpstreamError]], ...
+] = (
+    (OAuthError, False, _refused),
+    (_IssuerBusy, True, _busy),
+    (httpx2.HTTPStatusError, True, _status),
+    (httpx2.HTTPError, True, _unreachable),
+    (ValueError, False, _unusable),
+)
+_CAUGHT = tuple(kind for kind, _, _ in _FAILURES)
 
 
 class UpstreamTokenSource:
@@ -86,30 +132,19 @@ class UpstreamTokenSource:
         log.debug("token exchange", extra={"profile": profile, "endpoint": endpoint})
         try:
             raw = await client.fetch_token(endpoint, grant_type="client_credentials", **params)
-        except OAuthError as exc:
-            code = exc.error if _ERROR_CODE.fullmatch(str(exc.error)) else "unrecognised"
-            raise UpstreamError(
-                f"issuer refused the exchange for profile '{profile}': {code}",
-                issuer_error=code,
-            ) from None
-        except _IssuerBusy as exc:
-            self._forget_discovery(spec)
-            raise UpstreamUnavailable(
-                f"issuer answered HTTP {exc.status}",
-                hint=retry_after_seconds(exc.retry_after, now=self._clock()),
-            ) from None
-        except httpx2.HTTPStatusError as exc:
-            self._forget_discovery(spec)
-            status = exc.response.status_code
-            if status >= 500 or status == 429:  # noqa: PLR2004
-                raise UpstreamUnavailable(f"issuer answered HTTP {status}") from None
-            raise UpstreamError(f"issuer answered HTTP {status}") from None
-        except httpx2.HTTPError as exc:
-            self._forget_discovery(spec)
-            raise UpstreamUnavailable(f"issuer unreachable: {type(exc).__name__}") from None
-        except ValueError:
-            raise UpstreamError("issuer returned an unusable token response") from None
+        except _CAUGHT as exc:
+            raise self._failure(exc, spec) from None
         return token_from_response(raw, now=self._clock(), requested_scopes=scopes)
+
+    def _failure(self, exc: Exception, profile: Profile) -> UpstreamError:
+        """``exc`` as the broker error of the first row of ``_FAILURES`` that matches it."""
+        for kind, unreachable, translate in _FAILURES:
+            if isinstance(exc, kind):
+                if unreachable:
+                    # The issuer may have moved: discover its endpoint again next time.
+                    self._forget_discovery(profile)
+                return translate(exc, profile.name, self._clock())
+        raise AssertionError(type(exc))  # _CAUGHT and _FAILURES list the same classes
 
     def _forget_discovery(self, profile: Profile) -> None:
         if profile.spec.token_endpoint is None and profile.issuer is not None:

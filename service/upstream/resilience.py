@@ -1,4 +1,4 @@
-"""Pure resilience policies: full-jitter backoff and a circuit breaker.
+"""Pure resilience policies: a circuit breaker (backoff and Retry-After come from the runner).
 
 No I/O and no clock of their own: callers pass time in, so the schedules are unit tested
 without sleeping. ``upstream/resilient.py`` applies them to the issuer exchange.
@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import enum
 import math
-import random
 from collections.abc import Callable
 
+from service.runner.oauth2 import Backoff, retry_after_seconds
 
-class Backoff:
-    """Exponential backoff with full jitter: a uniform delay in ``[0, min(cap, base * 2**n)]``.
-
-    Full jitter spreads the retries of many replicas that failed at the same moment, so an
-    issuer that comes back is not hit by all of them at once.
-    """
-
-    def __init__(
-        self, base: float, cap: float, *, rng: Callable[[], float] = random.random
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self._rng = rng
-
-    def ceiling(self, attempt: int) -> float:
-        """The longest delay after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.cap, self.base * 2.0 ** max(0, attempt - 1)))
-
-    def delay(self, attempt: int) -> float:
-        """A delay to wait after failed attempt number ``attempt``."""
-        return self._rng() * self.ceiling(attempt)
+__all__ = [
+    "Backoff",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
+    "retry_after_seconds",
+    "whole_seconds",
+]
 
 
 class CircuitState(enum.IntEnum):
@@ -112,24 +99,6 @@ class CircuitBreaker:
     def _open(self, seconds: float) -> None:
         self._opened_at = self._clock()
         self._open_for = seconds
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """An HTTP ``Retry-After`` value in seconds: delta-seconds or an HTTP date; else ``None``."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(min(int(text), 86_400))
-    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
-
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None or now is None:
-        return None
-    return max(0.0, min(moment.timestamp() - now, 86_400.0))
 
 
 def whole_seconds(seconds: float) -> int:

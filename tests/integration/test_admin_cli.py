@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from service.observe.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
-from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port
+from tests.support.broker import write_config
+from tests.support.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import BrokerFiles, running_broker
+from tests.support.broker import BrokerFiles, running_broker
 
 
 @pytest.mark.parametrize("docs", [False, True])

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from service.observe.logs import JsonFormatter
-from tests.integration.conftest import BrokerFiles, audit_lines, bearer, running_broker
+from tests.support.broker import BrokerFiles, audit_lines, bearer, running_broker
 
 LABELS = {
     "dag_id": "om_ingest_snowflake",

@@ -25,8 +25,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import BrokerFiles, bearer, new_key, running_broker
 from tests.support import OidcProvider, verify_access_token
+from tests.support.broker import BrokerFiles, bearer, new_key, running_broker
 
 # -- the fixture policy ---------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.integration.conftest import BrokerFiles, bearer, new_key, running_broker
 from tests.support import OidcProvider
+from tests.support.broker import BrokerFiles, bearer, new_key, running_broker
 
 V1 = "/v1/token"
 OAUTH2 = "/oauth2/token"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.conftest import BrokerFiles, bearer, running_broker
+from tests.support.broker import BrokerFiles, bearer, running_broker
 
 BODY = {"profile": "ingestion", "scopes": ["ingestion"], "min_ttl": 1800, "labels": {"a": "b"}}
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from service.store.crypto import new_cache_key
-from tests.integration.broker_process import run_cli
 from tests.support import free_port
+from tests.support.broker_process import run_cli
 
 CLIENT_SECRET = "cli-client-s3cret-never-printed"
 INLINE_SECRET = "cli-inline-Sup3rS3cret-8d1e"

@@ -10,9 +10,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from service import __version__
-from tests.integration.broker_process import broker_env, run_cli, stop_broker, wait_ready
-from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port
+from tests.support.broker import write_config
+from tests.support.broker_process import broker_env, run_cli, stop_broker, wait_ready
 
 
 def test_version_prints_the_package_version_and_exits_0() -> None:

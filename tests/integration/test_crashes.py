@@ -24,9 +24,9 @@ import pytest
 import redis.asyncio
 
 from service.store.crypto import new_cache_key
-from tests.integration.broker_process import start_broker, stop_broker, wait_ready
-from tests.integration.conftest import BrokerFiles, bearer
 from tests.support import OidcProvider, verify_access_token
+from tests.support.broker import BrokerFiles, bearer
+from tests.support.broker_process import start_broker, stop_broker, wait_ready
 
 # Short enough that a dead holder's lease runs out inside the test, long enough that a live
 # exchange (tens of milliseconds on loopback) never outlives it.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.integration.conftest import BrokerFiles, bearer, running_broker
+from tests.support.broker import BrokerFiles, bearer, running_broker
 
 UNKNOWN = "client_secret_Zq9-unknown-field-name"
 

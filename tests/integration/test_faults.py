@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import BrokerFiles, Clock, bearer, running_broker, write_config
 from tests.support import OidcProvider, RedisServer, verify_access_token
+from tests.support.broker import BrokerFiles, bearer, running_broker, write_config
+from tests.support.clock import FakeClock
 
 # Fast failure handling, so an outage costs the suite seconds: 3 attempts in 1 s, a
 # circuit that opens after 3 failures and probes again after 0.5 s.
@@ -64,16 +65,16 @@ async def _ready(client: httpx.AsyncClient) -> str:
 @pytest.fixture
 async def broker(
     files: BrokerFiles, redis_url: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, Clock]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeClock]]:
     """The app on the shared Redis with fast failure handling and a hand-moved clock."""
-    clock = Clock()
+    clock = FakeClock()
     async with running_broker(files.settings(redis_url, **FAST), clock=clock) as client:
         yield client, clock
 
 
 @pytest.mark.parametrize("fault", ["error503", "hang", "reset"])
 async def test_issuer_outage_is_invisible_while_a_cached_token_can_serve(
-    broker: tuple[httpx.AsyncClient, Clock],
+    broker: tuple[httpx.AsyncClient, FakeClock],
     files: BrokerFiles,
     issuer: OidcProvider,
     fault: Any,
@@ -322,7 +323,7 @@ async def test_redis_and_issuer_down_together_still_serve_a_token_with_life_left
     """Past the L1 refresh point with Redis gone and the issuer failing, a token that still
     satisfies min_ttl is served from the replica's fallback; once it does not, 503.
     """
-    clock = Clock()
+    clock = FakeClock()
     key = files.keys["airflow"]
     async with running_broker(files.settings(own_redis.url, **FAST), clock=clock) as client:
         first = (await _token(client, key)).json()["access_token"]

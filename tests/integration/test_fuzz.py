@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.api.app import create_app
-from tests.integration.conftest import BrokerFiles, bearer, write_config
 from tests.support import OidcProvider
+from tests.support.broker import BrokerFiles, bearer, write_config
 
 CHECKS: list[CheckFunction] = [
     not_a_server_error,

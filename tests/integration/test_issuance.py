@@ -9,8 +9,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.conftest import BrokerFiles, Clock, bearer, running_broker, write_config
 from tests.support import OidcProvider, verify_access_token
+from tests.support.broker import BrokerFiles, bearer, running_broker, write_config
+from tests.support.clock import FakeClock
 
 
 async def _token(client: httpx.AsyncClient, key: str, **body: object) -> httpx.Response:
@@ -134,7 +135,7 @@ async def test_refresh_ahead_serves_cached_token_while_refreshing(
     files: BrokerFiles, issuer: OidcProvider, redis_url: str
 ) -> None:
     """Past the refresh point a caller gets the cached token at once; one refresh runs behind it."""
-    clock = Clock()
+    clock = FakeClock()
     async with running_broker(files.settings(redis_url), clock=clock) as client:
         first = (await _token(client, files.keys["airflow"])).json()["access_token"]
         clock.advance(2500)  # past 2/3 of a 3600 s token
@@ -161,7 +162,7 @@ async def test_min_ttl_refetches_when_cached_token_is_too_short(
     files: BrokerFiles, issuer: OidcProvider, redis_url: str
 ) -> None:
     """A cached token with less life than min_ttl is not handed out; a fresh one is fetched."""
-    clock = Clock()
+    clock = FakeClock()
     async with running_broker(files.settings(redis_url), clock=clock) as client:
         first = (await _token(client, files.keys["airflow"])).json()
         clock.advance(1000)  # 2600 s left, before the refresh point

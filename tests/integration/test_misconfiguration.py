@@ -14,15 +14,15 @@ import redis
 
 from service.store.crypto import new_cache_key
 from service.store.redis import RedisHealth
-from tests.integration.broker_process import (
+from tests.support import OidcProvider, RedisServer, free_port
+from tests.support.broker import BrokerFiles, bearer, write_config
+from tests.support.broker_process import (
     broker_env,
     run_cli,
     start_broker,
     stop_broker,
     wait_ready,
 )
-from tests.integration.conftest import BrokerFiles, bearer, write_config
-from tests.support import OidcProvider, RedisServer, free_port
 from tests.support.redis_topology import SERVICE_NAME, SentinelTopology
 
 REDIS_PASSWORD = "misconfig-Redis-pa55word-never-logged"

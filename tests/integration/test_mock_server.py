@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from service.config.settings import Settings
-from tests.integration.conftest import bearer, new_key, running_broker
 from tests.support import MockServer, start_mock_server, verify_access_token
+from tests.support.broker import bearer, new_key, running_broker
 
 
 def _config(tmp_path: Path, server: MockServer, key: str) -> Settings:

@@ -19,14 +19,14 @@ import redis
 import yaml
 
 from service.observe.logs import JsonFormatter, TextFormatter, scrub
-from tests.integration.conftest import (
+from tests.support import OidcProvider
+from tests.support.broker import (
     BrokerFiles,
     bearer,
     new_key,
     running_broker,
     write_config,
 )
-from tests.support import OidcProvider
 
 
 async def test_logs_and_error_bodies_hold_no_secrets(

@@ -22,15 +22,15 @@ import yaml
 
 from service.observe.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
 from service.store.crypto import TokenCipher, new_cache_key, parse_cache_keys
-from tests.integration.broker_process import start_broker, stop_broker, wait_ready
-from tests.integration.conftest import (
+from tests.support import OidcProvider
+from tests.support.broker import (
     BrokerFiles,
     bearer,
     new_key,
     running_broker,
     write_config,
 )
-from tests.support import OidcProvider
+from tests.support.broker_process import start_broker, stop_broker, wait_ready
 
 
 def admin_config(tmp_path: Path, issuer: OidcProvider) -> BrokerFiles:

@@ -35,16 +35,10 @@ import httpx
 import pytest
 import yaml
 
+import service.runner.client
 from service.durations import parse_duration
 from service.observe.audit import fingerprint
 from service.store.crypto import new_cache_key
-from tests.integration.broker_process import (
-    BrokerProcess,
-    broker_env,
-    start_broker,
-    wait_ready,
-)
-from tests.integration.conftest import BrokerFiles, write_config
 from tests.support import (
     OidcProvider,
     RedisServer,
@@ -52,6 +46,13 @@ from tests.support import (
     free_port,
     start_oidc_provider,
     verify_access_token,
+)
+from tests.support.broker import BrokerFiles, write_config
+from tests.support.broker_process import (
+    BrokerProcess,
+    broker_env,
+    start_broker,
+    wait_ready,
 )
 
 RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
@@ -204,6 +205,9 @@ def recipe(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
             "airflow.operators.python", PythonOperator=StandInPythonOperator
         ),
     }
+    # The worker has the runner wheel, whose package is service/runner under another name.
+    modules["token_broker_runner"] = service.runner
+    modules["token_broker_runner.client"] = service.runner.client
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     spec = importlib.util.spec_from_file_location("airflow_dag_recipe", RECIPES / "airflow_dag.py")

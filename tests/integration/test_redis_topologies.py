@@ -14,8 +14,8 @@ import pytest
 from service.config.settings import Settings
 from service.store.crypto import TokenCipher, parse_cache_keys
 from service.store.redis import PREFIX
-from tests.integration.conftest import bearer, running_broker, write_config
 from tests.support import OidcProvider
+from tests.support.broker import bearer, running_broker, write_config
 from tests.support.redis_topology import (
     SentinelTopology,
     TlsFiles,

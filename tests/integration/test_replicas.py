@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from service.store.crypto import new_cache_key
-from tests.integration.broker_process import start_broker, stop_broker, wait_ready
-from tests.integration.conftest import BrokerFiles, bearer
 from tests.support import OidcProvider
+from tests.support.broker import BrokerFiles, bearer
+from tests.support.broker_process import start_broker, stop_broker, wait_ready
 
 
 @pytest.fixture

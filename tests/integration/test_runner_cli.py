@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from service.observe.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.support import OidcProvider, free_port, verify_access_token
+from tests.support.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 
 TIMEOUT = 30
 

@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from service.observe.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env, module_broker
-from tests.integration.conftest import write_config
 from tests.support import OidcProvider, free_port, start_oidc_provider, verify_access_token
+from tests.support.broker import write_config
+from tests.support.broker_process import BrokerProcess, broker_env, module_broker
 
 TIMEOUT = 30
 SHORT_TTL = 10

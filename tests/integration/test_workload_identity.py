@@ -18,14 +18,14 @@ import httpx
 import pytest
 
 from service.observe.logs import JsonFormatter
-from tests.integration.conftest import (
+from tests.support import OidcProvider, verify_access_token
+from tests.support.broker import (
     BrokerFiles,
     audit_lines,
     bearer,
     running_broker,
     write_config,
 )
-from tests.support import OidcProvider, verify_access_token
 from tests.support.workload import WorkloadIssuer, forge_hmac_with_public_key, forge_unsigned
 
 AUDIENCE = "token-broker"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.broker_process import BrokerProcess, broker_env, module_broker, run_cli
-from tests.integration.conftest import write_config
 from tests.support import OidcProvider, verify_access_token
+from tests.support.broker import write_config
+from tests.support.broker_process import BrokerProcess, broker_env, module_broker, run_cli
 from tests.support.workload import WorkloadIssuer
 
 TIMEOUT = 30

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.broker_process import BrokerProcess, module_broker
 from tests.interop.ensure_venv import ensure_venv, pinned_version
 from tests.interop.om_server import FakeOpenMetadata
 from tests.support import OidcProvider
+from tests.support.broker_process import BrokerProcess, module_broker
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from service.observe.audit import fingerprint
-from tests.integration.broker_process import BrokerProcess, broker_env
 from tests.interop.om_server import VERSION_PATH, FakeOpenMetadata, SeenRequest
 from tests.support import OidcProvider, verify_access_token
+from tests.support.broker_process import BrokerProcess, broker_env
 
 # A cold `metadata` start imports for ~7 s; the first test may also build .interop/venv.
 pytestmark = pytest.mark.timeout(900)

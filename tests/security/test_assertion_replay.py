@@ -24,15 +24,15 @@ import pytest
 import redis
 from joserfc.jwk import RSAKey
 
-from tests.integration.conftest import (
+from tests.integration.test_no_leaks import redis_texts
+from tests.support import OidcProvider, RedisServer
+from tests.support.broker import (
     BrokerFiles,
     audit_lines,
     bearer,
     running_broker,
     write_config,
 )
-from tests.integration.test_no_leaks import redis_texts
-from tests.support import OidcProvider, RedisServer
 from tests.support.workload import WorkloadIssuer
 
 AUDIENCE = "https://token-broker.example.com"

@@ -9,7 +9,7 @@ import base64
 
 import pytest
 
-from tests.security.conftest import OAUTH2, V1, Attack
+from tests.support.attack import OAUTH2, V1, Attack
 
 JWT_SHAPED = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhaXJmbG93In0."
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import FORM, OAUTH2, V1, Attack, basic
+from tests.support.attack import FORM, OAUTH2, V1, Attack, basic
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FAKE_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"

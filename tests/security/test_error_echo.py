@@ -13,7 +13,7 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.security.conftest import OAUTH2, V1, Attack, basic
+from tests.support.attack import OAUTH2, V1, Attack, basic
 
 MARK = "qz7Xv"  # appears in no broker text; every generated input carries it
 KNOWN = [

@@ -20,14 +20,14 @@ from pydantic import ValidationError
 
 from service.api.middleware.proxies import Network, TrustedProxies, parse_address, pick_client
 from service.config.settings import Settings
-from tests.integration.broker_process import (
+from tests.support.broker import audit_lines, bearer, running_broker
+from tests.support.broker_process import (
     BrokerProcess,
     broker_env,
     run_cli,
     start_broker,
     wait_ready,
 )
-from tests.integration.conftest import audit_lines, bearer, running_broker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from starlette.types import Message, Receive, Scope, Send
 
-    from tests.integration.conftest import BrokerFiles
     from tests.support import OidcProvider
+    from tests.support.broker import BrokerFiles
 
 PEER = "127.0.0.1"
 AUTH_LIMIT = 3

@@ -12,8 +12,8 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from tests.integration.conftest import running_broker
-from tests.security.conftest import Attack, basic
+from tests.support.attack import Attack, basic
+from tests.support.broker import running_broker
 
 LIFETIME = 3600  # oidc-provider's access token lifetime in the session issuer
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.broker_process import BrokerProcess, module_broker
 from tests.support import OidcProvider
+from tests.support.broker_process import BrokerProcess, module_broker
 
 FLOOD = 40
 SOCKET_TIMEOUT = 5.0

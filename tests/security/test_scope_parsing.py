@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.security.conftest import Attack, basic
+from tests.support.attack import Attack, basic
 
 # Every kind of whitespace Python's str.split() knows, ASCII and Unicode.
 WHITESPACE = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u00a0", "\u2003", "\u3000"]

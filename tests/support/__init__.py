@@ -1,7 +1,7 @@
 # Copyright 2026 The token-broker authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Test support: real Redis, local OIDC issuers behind a counting proxy, JWT helpers."""
+"""Helpers of tests, bench and soak: processes, issuer proxy, JWTs; broker, stack, clock modules."""
 
 from tests.support.processes import (
     IDP_DIR,

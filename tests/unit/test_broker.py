@@ -10,16 +10,7 @@ from service.core.broker import Broker
 from service.errors import TokenLifetimeTooShort, UpstreamUnavailable
 from service.models import Grant, IssuedToken
 from service.store.memory import MemoryTokenCache
-
-
-class FakeClock:
-    """Time that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 class CountingSource:
@@ -68,7 +59,7 @@ def _broker(
 
 async def test_concurrent_misses_share_one_exchange() -> None:
     """200 concurrent misses for one key make one exchange and all get its token."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     source.gate = asyncio.Event()
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
@@ -82,7 +73,7 @@ async def test_concurrent_misses_share_one_exchange() -> None:
 
 async def test_waiters_are_reported_while_they_wait_and_cleared_after() -> None:
     """Joiners of an exchange under way are counted up, then back to zero when it ends."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     source.gate = asyncio.Event()
     seen: list[int] = []
@@ -98,7 +89,7 @@ async def test_waiters_are_reported_while_they_wait_and_cleared_after() -> None:
 
 async def test_a_failed_background_refresh_is_not_retried_before_its_retry_after() -> None:
     """After a refresh fails with Retry-After 5, requests in the next 5 s start no refresh."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
     await broker.issue(GRANT)
@@ -118,7 +109,7 @@ async def test_a_failed_background_refresh_is_not_retried_before_its_retry_after
 
 async def test_refresh_ahead_returns_old_token_and_refreshes_once() -> None:
     """Past the refresh point, callers keep the old token while one background refresh runs."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
     await broker.issue(GRANT)
@@ -135,7 +126,7 @@ async def test_refresh_ahead_returns_old_token_and_refreshes_once() -> None:
 
 async def test_failed_background_refresh_keeps_serving_valid_token() -> None:
     """A refresh that fails leaves the still-valid cached token in service."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
     await broker.issue(GRANT)
@@ -148,7 +139,7 @@ async def test_failed_background_refresh_keeps_serving_valid_token() -> None:
 
 async def test_expired_token_is_never_handed_out() -> None:
     """After expiry with the issuer down, the caller gets 503, not the dead token."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     cache = MemoryTokenCache(clock=clock)
     broker = _broker(clock, source, cache)
@@ -161,7 +152,7 @@ async def test_expired_token_is_never_handed_out() -> None:
 
 async def test_waiter_takes_the_value_written_by_the_lock_holder() -> None:
     """While another replica holds the lease, this one waits for its value instead of fetching."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     cache = MemoryTokenCache(clock=clock)
     broker = _broker(clock, source, cache, lock=HeldLock())
@@ -175,7 +166,7 @@ async def test_waiter_takes_the_value_written_by_the_lock_holder() -> None:
 
 async def test_waiter_gives_up_after_timeout() -> None:
     """A lease never released and no value written ends in a bounded 503."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock)
     broker = _broker(
         clock, source, MemoryTokenCache(clock=clock), lock=HeldLock(), wait_timeout=0.2
@@ -187,7 +178,7 @@ async def test_waiter_gives_up_after_timeout() -> None:
 
 async def test_min_ttl_longer_than_issuer_lifetime() -> None:
     """A min_ttl the issuer cannot meet raises TokenLifetimeTooShort with the lifetime."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock, lifetime=600)
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
     with pytest.raises(TokenLifetimeTooShort, match="600 s"):
@@ -199,7 +190,7 @@ async def test_min_ttl_longer_than_issuer_lifetime() -> None:
 
 async def test_min_ttl_equal_to_issuer_lifetime_is_refused_after_one_exchange() -> None:
     """min_ttl == the issuer's lifetime: the fresh token is already short, so 400, one call."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     source = CountingSource(clock, lifetime=600)
     broker = _broker(clock, source, MemoryTokenCache(clock=clock))
     original = source.fetch
@@ -217,7 +208,7 @@ async def test_min_ttl_equal_to_issuer_lifetime_is_refused_after_one_exchange() 
 
 def test_cache_key_ignores_scope_order() -> None:
     """The same scope set in any order maps to one cache key."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     broker = _broker(clock, CountingSource(clock), MemoryTokenCache(clock=clock))
     assert broker.key_for("p", ("b", "a")) == broker.key_for("p", ("a", "b"))
     assert broker.key_for("p", ("a",)) != broker.key_for("p", ("a", "b"))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.api.schemas import TokenBody
-from service.config.load import NAME_PATTERN
+from service.config.schema import NAME_PATTERN
 from service.runner import client
 from service.runner.client import (
     DEFAULT_CREDENTIAL_PATH,

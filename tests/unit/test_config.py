@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
-from service.config.load import ProfileSpec, load_config, parse_config
+from service.config.load import load_config, parse_config
+from service.config.schema import ProfileSpec
 from service.config.settings import Settings
 from service.errors import ConfigError
 from service.models import Caller, TokenRequest

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config.load import BrokerConfig, parse_config
+from service.config.load import parse_config
+from service.config.validated import BrokerConfig
 from service.durations import parse_duration
 from service.runner.client import DEFAULT_CREDENTIAL_PATH
 

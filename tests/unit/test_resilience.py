@@ -20,16 +20,7 @@ from service.upstream.resilience import (
     whole_seconds,
 )
 from service.upstream.resilient import ResilientTokenSource
-
-
-class Clock:
-    """Monotonic time that moves only when told (or when the fake sleep sleeps)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 class ScriptedSource:
@@ -48,7 +39,7 @@ class ScriptedSource:
 
 
 def resilient(
-    source: ScriptedSource, clock: Clock, *, attempts: int = 4, deadline: float = 20.0
+    source: ScriptedSource, clock: FakeClock, *, attempts: int = 4, deadline: float = 20.0
 ) -> tuple[ResilientTokenSource, list[float]]:
     """A retrying source whose sleeps advance the clock and are recorded."""
     sleeps: list[float] = []
@@ -90,7 +81,7 @@ def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:
 
 def test_breaker_opens_after_threshold_and_fails_fast() -> None:
     """Three consecutive failures open the circuit; calls then fail with the time left."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     breaker = CircuitBreaker(threshold=3, reset_after=30.0, clock=clock)
     for _ in range(2):
         breaker.before_call()
@@ -107,7 +98,7 @@ def test_breaker_opens_after_threshold_and_fails_fast() -> None:
 
 def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
     """After the reset time one probe goes; others fail fast; the probe's success closes."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     breaker = CircuitBreaker(threshold=1, reset_after=30.0, clock=clock)
     breaker.failure()
     clock.now += 30
@@ -123,7 +114,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
 
 def test_a_failed_probe_opens_the_circuit_again() -> None:
     """A half-open probe that fails re-opens the circuit for the full reset time."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     breaker = CircuitBreaker(threshold=5, reset_after=30.0, clock=clock)
     for _ in range(5):
         breaker.failure()
@@ -136,7 +127,7 @@ def test_a_failed_probe_opens_the_circuit_again() -> None:
 
 def test_the_issuers_retry_after_holds_an_opening_circuit_longer() -> None:
     """A Retry-After beyond the reset time keeps the circuit open that long."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     breaker = CircuitBreaker(threshold=1, reset_after=30.0, clock=clock)
     breaker.failure(hold=120.0)
     assert breaker.retry_after() == pytest.approx(120.0)
@@ -157,7 +148,7 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
 
 async def test_unavailable_issuer_is_retried_with_backoff_then_succeeds() -> None:
     """Two 503s then a token: three calls, two jittered waits, the token returned."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     source = ScriptedSource(down(), down(), None)
     wrapped, sleeps = resilient(source, clock)
     token = await wrapped.fetch("p", ("read",))
@@ -169,7 +160,7 @@ async def test_unavailable_issuer_is_retried_with_backoff_then_succeeds() -> Non
 @pytest.mark.parametrize("code", ["invalid_client", "invalid_scope", "unauthorized_client"])
 async def test_issuer_refusals_are_not_retried(code: str) -> None:
     """A refusal (the issuer's error code) is raised after one call; the circuit stays closed."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     refusal = UpstreamError(f"issuer refused: {code}", issuer_error=code)
     source = ScriptedSource(refusal, refusal, refusal, refusal)
     wrapped, sleeps = resilient(source, clock)
@@ -185,7 +176,7 @@ async def test_issuer_refusals_are_not_retried(code: str) -> None:
 
 async def test_the_issuers_retry_after_is_honoured() -> None:
     """A 429 with Retry-After 3 waits at least 3 s before the next attempt."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     source = ScriptedSource(down(hint=3.0), None)
     wrapped, sleeps = resilient(source, clock)
     await wrapped.fetch("p", ())
@@ -194,7 +185,7 @@ async def test_the_issuers_retry_after_is_honoured() -> None:
 
 async def test_a_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
     """Retry-After longer than the deadline: no wait, a 503 telling the caller that long."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     source = ScriptedSource(down(hint=60.0))
     wrapped, sleeps = resilient(source, clock, deadline=20.0)
     with pytest.raises(UpstreamUnavailable) as raised:
@@ -205,7 +196,7 @@ async def test_a_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
 
 async def test_attempts_stop_at_the_limit_with_a_503() -> None:
     """An issuer that stays down: exactly ``attempts`` calls, then 503 with Retry-After."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     source = ScriptedSource(*[down()] * 10)
     wrapped, _ = resilient(source, clock, attempts=2)
     with pytest.raises(UpstreamUnavailable) as raised:
@@ -217,7 +208,7 @@ async def test_attempts_stop_at_the_limit_with_a_503() -> None:
 
 async def test_open_circuit_fails_fast_without_calling_the_issuer() -> None:
     """Once three attempts failed the circuit opens: the next fetch makes no call at all."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     source = ScriptedSource(*[down()] * 10)
     wrapped, _ = resilient(source, clock, attempts=3)
     with pytest.raises(UpstreamUnavailable):
@@ -255,7 +246,7 @@ async def test_a_hanging_issuer_is_cut_off_at_the_deadline() -> None:
 
 async def test_a_request_during_a_half_open_probe_waits_for_its_answer() -> None:
     """Half-open: the probe goes; a concurrent request waits for it and then succeeds too."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     gate = asyncio.Event()
 
     class Gated(ScriptedSource):

@@ -28,23 +28,10 @@ from service.runner.sidecar import (
     read_request,
     serve,
 )
+from tests.support.clock import FakeClock
 
 T0 = 1000.0
 FORM = {"content-type": "application/x-www-form-urlencoded"}
-
-
-class FakeClock:
-    """A clock the test (or the fake sleep) moves."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
 
 
 def token(n: int, expires_in: int = 300, scope: str = "ingestion read") -> FetchedToken:
@@ -104,7 +91,7 @@ async def run_until(keeper: TokenKeeper, clock: FakeClock, until: float) -> None
 
 async def test_refreshes_after_two_thirds_of_the_usable_life(tmp_path: Path) -> None:
     """A 300 s token with min_ttl 60 (usable 240 s) is refreshed 160 s after it was fetched."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1), token(2), token(3)])
     keeper = keeper_for(broker, min_ttl=60, path=tmp_path / "t")
     await run_until(keeper, clock, 170)
@@ -115,7 +102,7 @@ async def test_refreshes_after_two_thirds_of_the_usable_life(tmp_path: Path) -> 
 
 async def test_without_min_ttl_the_margin_keeps_the_last_seconds_back() -> None:
     """With min_ttl 0 the usable life stops 5 s (at most a tenth of life) before expiry."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1, expires_in=300), token(2, expires_in=30)])
     keeper = keeper_for(broker)
     await keeper.tick()
@@ -128,7 +115,7 @@ async def test_without_min_ttl_the_margin_keeps_the_last_seconds_back() -> None:
 
 async def test_a_refresh_asks_for_a_token_newer_than_the_held_one() -> None:
     """A refresh asks for more life than the held token has, so the broker's cache is bypassed."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1), token(2)])
     keeper = keeper_for(broker, min_ttl=60)
     await run_until(keeper, clock, 161)
@@ -138,7 +125,7 @@ async def test_a_refresh_asks_for_a_token_newer_than_the_held_one() -> None:
 
 async def test_a_refused_escalation_falls_back_to_min_ttl() -> None:
     """When the broker refuses the escalated min_ttl (400, e.g. above max_ttl), ask for min_ttl."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     refused = ClientError("broker refused (HTTP 400 invalid_request)", status=400)
     broker = FakeBroker(clock, [token(1), refused, token(2)])
     keeper = keeper_for(broker, min_ttl=60)
@@ -151,7 +138,7 @@ async def test_a_refused_escalation_falls_back_to_min_ttl() -> None:
 
 async def test_the_same_token_back_still_converges_and_never_spins() -> None:
     """If the broker keeps answering the held token, refreshes get closer but >= 1 s apart."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1, expires_in=300)])
 
     async def same(min_ttl: int) -> FetchedToken:
@@ -191,7 +178,7 @@ def test_backoff_honours_retry_after_within_the_cap() -> None:
 
 async def test_broker_down_backs_off_and_recovers() -> None:
     """While the broker is down retries back off exponentially; the first success resets it."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [down(), down(), down(), down(), token(1)])
     keeper = keeper_for(broker, rand=0.999)
     await run_until(keeper, clock, 20)
@@ -204,7 +191,7 @@ async def test_broker_down_backs_off_and_recovers() -> None:
 
 async def test_broker_down_keeps_serving_the_valid_token(tmp_path: Path) -> None:
     """A failed refresh keeps the still-valid token held, in the file and served."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1), down()])
     keeper = keeper_for(broker, path=tmp_path / "t")
     await run_until(keeper, clock, 250)
@@ -220,7 +207,7 @@ async def test_broker_down_keeps_serving_the_valid_token(tmp_path: Path) -> None
 
 async def test_an_expired_token_is_never_served_and_its_file_is_removed(tmp_path: Path) -> None:
     """Once the held token reaches its margin with no replacement: 503s and no file."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     path = tmp_path / "t"
     broker = FakeBroker(clock, [token(1, expires_in=60), down()])
     keeper = keeper_for(broker, path=path)
@@ -242,7 +229,7 @@ async def test_an_expired_token_is_never_served_and_its_file_is_removed(tmp_path
 
 async def test_a_token_below_min_ttl_is_not_served() -> None:
     """Even before the keeper ticks, current() refuses a token with less than min_ttl left."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1, expires_in=300)])
     keeper = keeper_for(broker, min_ttl=100)
     await keeper.tick()
@@ -256,7 +243,7 @@ async def test_a_token_below_min_ttl_is_not_served() -> None:
 
 async def test_a_broker_answer_already_below_min_ttl_is_refused() -> None:
     """A token that arrives with less than min_ttl left is not held or written."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1, expires_in=50)])
     keeper = keeper_for(broker, min_ttl=100)
     assert not await keeper.refresh()
@@ -269,7 +256,7 @@ async def test_logs_carry_the_fingerprint_never_the_token(
 ) -> None:
     """The keeper's log lines name the token's fingerprint and never the token itself."""
     caplog.set_level(logging.DEBUG, logger="token_broker.sidecar")
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [token(1, expires_in=60), down()])
     keeper = keeper_for(broker, path=tmp_path / "t")
     await run_until(keeper, clock, 60)
@@ -288,7 +275,7 @@ async def test_logs_carry_the_fingerprint_never_the_token(
 
 async def test_once_writes_a_private_file(tmp_path: Path) -> None:
     """--once fetches one token and writes it verbatim with mode 0600."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     keeper = keeper_for(FakeBroker(clock, [token(1)]), path=tmp_path / "t")
     assert await keeper.once(60)
     assert (tmp_path / "t").read_text() == token(1).access_token
@@ -297,7 +284,7 @@ async def test_once_writes_a_private_file(tmp_path: Path) -> None:
 
 async def test_once_gives_up_at_once_on_a_definite_refusal(tmp_path: Path) -> None:
     """A 400 (min_ttl the issuer cannot satisfy) ends --once after one ask, no file."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     refused = ClientError("broker refused (HTTP 400 invalid_request)", status=400)
     broker = FakeBroker(clock, [refused])
     keeper = keeper_for(broker, path=tmp_path / "t")
@@ -308,7 +295,7 @@ async def test_once_gives_up_at_once_on_a_definite_refusal(tmp_path: Path) -> No
 
 async def test_once_retries_an_unreachable_broker_within_its_budget(tmp_path: Path) -> None:
     """An unreachable broker is retried with backoff, and --once fails when time is up."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [down()])
     keeper = keeper_for(broker, path=tmp_path / "t", rand=0.999)
     assert not await keeper.once(20)
@@ -318,7 +305,7 @@ async def test_once_retries_an_unreachable_broker_within_its_budget(tmp_path: Pa
 
 async def test_once_succeeds_when_the_broker_comes_up(tmp_path: Path) -> None:
     """A broker that answers on the third try still gives --once its token."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     broker = FakeBroker(clock, [down(), down(), token(1)])
     keeper = keeper_for(broker, path=tmp_path / "t")
     assert await keeper.once(60)
@@ -341,7 +328,7 @@ def oauth2_post(body: bytes = b"grant_type=client_credentials", **headers: str) 
 
 async def holding(scope: str = "ingestion read") -> tuple[SidecarApp, FakeClock]:
     """An app whose keeper holds token 1 (300 s, ``scope``)."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     keeper = keeper_for(FakeBroker(clock, [token(1, scope=scope)]))
     await keeper.tick()
     return SidecarApp(keeper), clock
@@ -446,7 +433,7 @@ async def test_healthz_reports_the_held_token() -> None:
 
 def test_healthz_is_503_before_the_first_token() -> None:
     """Before any token is held /healthz answers 503 with Retry-After."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     keeper = keeper_for(FakeBroker(clock, [down()]))
     response = SidecarApp(keeper).respond(get("/healthz"))
     assert response.status == 503
@@ -493,10 +480,10 @@ async def test_read_request_parses_a_form_post() -> None:
     ],
 )
 async def test_read_request_refuses_malformed_input(raw: bytes, status: int) -> None:
-    """Malformed, oversized or chunked requests raise HttpError with a 4xx status."""
-    from service.runner.sidecar import HttpError  # noqa: PLC0415
+    """Malformed, oversized or chunked requests raise an OAuth2Error with a 4xx status."""
+    from service.runner.oauth2 import OAuth2Error  # noqa: PLC0415
 
-    with pytest.raises(HttpError) as caught:
+    with pytest.raises(OAuth2Error) as caught:
         await parse(raw)
     assert caught.value.status == status
 

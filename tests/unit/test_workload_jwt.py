@@ -15,7 +15,7 @@ from service.callers.jwt import (
     looks_like_jwt,
 )
 from service.callers.replay import UsedJtis
-from service.config.load import TrustedIssuer, WorkloadBinding
+from service.config.validated import TrustedIssuer, WorkloadBinding
 from service.errors import CacheUnavailable, InvalidClient
 from service.models import Caller
 

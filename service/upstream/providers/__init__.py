@@ -6,4 +6,6 @@ from service.upstream.providers.base import Provider
 from service.upstream.providers.oidc import OidcProvider
 from service.upstream.providers.onelogin import OneLoginProvider
 
+__all__ = ["PROVIDERS", "Provider"]
+
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (OidcProvider(), OneLoginProvider())}

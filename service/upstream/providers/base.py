@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from service.config.load import ProfileSpec
+    from service.config.schema import ProfileSpec
 
 
 def url_problem(url: str) -> str | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from service.upstream.providers.base import Provider
 
 if TYPE_CHECKING:
-    from service.config.load import ProfileSpec
+    from service.config.schema import ProfileSpec
 
 _LEGACY = {
     "us": "https://openid-connect.onelogin.com/oidc",

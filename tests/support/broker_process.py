@@ -1,3 +1,6 @@
+# Copyright 2026 The token-broker authors
+# SPDX-License-Identifier: Apache-2.0
+
 """A real ``python -m service serve`` subprocess on loopback, for tests of runner-side code.
 
 ``start_broker`` / ``wait_ready`` are the low-level pieces (used by test_replicas.py to run
@@ -21,8 +24,8 @@ from typing import Any, Self
 import httpx
 import pytest
 
-from tests.integration.conftest import BrokerFiles, write_config
-from tests.support import OidcProvider, free_port
+from tests.support.broker import BrokerFiles, write_config
+from tests.support.processes import OidcProvider, free_port
 
 READY_TIMEOUT_SECONDS = 20.0
 CLI_TIMEOUT_SECONDS = 30.0

@@ -1,0 +1,126 @@
+"""What every endpoint shares: the runtime, the caller, its address, the hand-out, JSON replies."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Header, Request
+from fastapi.responses import Response
+
+from service.api.errors import NO_STORE
+from service.core.handout import Handout
+from service.errors import InvalidClient, InvalidGrant
+from service.models import Caller
+from service.observe import audit, metrics
+from service.runtime import Runtime
+
+__all__ = [
+    "audit_refusal",
+    "bearer_caller",
+    "client_address",
+    "handout",
+    "json_response",
+    "runtime",
+    "throttle",
+]
+
+
+def runtime(request: Request) -> Runtime:
+    """The process's runtime, built by the lifespan."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def client_address(request: Request) -> str | None:
+    """The peer address (or the one uvicorn took from trusted proxy headers)."""
+    return request.client.host if request.client else None
+
+
+def throttle(rt: Runtime, request: Request) -> None:
+    """Refuse an address that failed authentication too often (429) before trying again."""
+    rt.shared.auth_throttle.check(client_address(request))
+
+
+def audit_refusal(rt: Runtime, request: Request, exc: InvalidClient | InvalidGrant) -> None:
+    """Count a failed authentication against the address and leave an audit line."""
+    rt.shared.auth_throttle.failed(client_address(request))
+    # The description names what was wrong (expired, wrong audience...), never the credential.
+    audit.record(
+        "denied",
+        caller=None,
+        profile=None,
+        reason=exc.error,
+        detail=exc.description,
+        client=client_address(request),
+    )
+
+
+async def bearer_caller(
+    request: Request,
+    authorization: Annotated[
+        str | None, Header(description="Bearer <API key or workload JWT>")
+    ] = None,
+) -> Caller:
+    """Authenticate ``Authorization: Bearer <credential>``; every refusal is audited."""
+    rt = runtime(request)
+    throttle(rt, request)
+    try:
+        return await rt.generation.callers.bearer(_bearer_credential(authorization))
+    except InvalidClient as exc:
+        audit_refusal(rt, request, exc)
+        raise
+
+
+def _bearer_credential(authorization: str | None) -> str:
+    if not authorization:
+        raise InvalidClient("missing Authorization: Bearer credential")
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise InvalidClient("expected Authorization: Bearer <credential>")
+    return credential.strip()
+
+
+class _Meter:
+    """The hand-out's metrics on the process's Prometheus registry."""
+
+    __slots__ = ()
+
+    def handed_out(self, profile: str, outcome: str) -> None:
+        metrics.labelled(metrics.handouts, profile, outcome).inc()
+
+    def remaining_life(self, profile: str, seconds: float) -> None:
+        metrics.labelled(metrics.remaining_life, profile).observe(seconds)
+
+
+_METER = _Meter()
+
+
+def handout(rt: Runtime) -> Handout:
+    """The hand-out use case over the runtime's current configuration generation."""
+    generation = rt.generation  # read once: a reload mid-request must not mix two
+    config = generation.config
+
+    def known_scopes(name: str) -> Collection[str] | None:
+        profile = config.profiles.get(name)
+        return profile.spec.scopes if profile is not None else None
+
+    return Handout(
+        rate_limit=rt.shared.rate_limit,
+        policy=config.policy,
+        broker=generation.broker,
+        known_scopes=known_scopes,
+        audit=audit.record,
+        meter=_METER,
+        clock=rt.shared.clock,
+    )
+
+
+def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """``body`` as JSON, never cached."""
+    return Response(
+        content=orjson.dumps(body),
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
