@@ -2,7 +2,7 @@
 
 Two DAGs; copy the one you need:
 
-* ``openmetadata_mysql_exec``: a BashOperator. ``token-broker exec`` fetches a token into
+* ``openmetadata_mysql_exec``: a BashOperator. ``token-broker-runner exec`` fetches a token into
   ``$OM_JWT_TOKEN`` (never argv) and then *becomes* ``metadata ingest``; the workflow YAML
   says ``jwtToken: "${OM_JWT_TOKEN}"``.
 * ``openmetadata_mysql_python``: a PythonOperator. The callable asks the broker with
@@ -54,11 +54,11 @@ DAG_ARGS: dict[str, Any] = {
 }
 
 
-# -- 1. BashOperator: token-broker exec -----------------------------------------------------
+# -- 1. BashOperator: token-broker-runner exec --------------------------------------------------
 
 with DAG(
     dag_id="openmetadata_mysql_exec",
-    description="MySQL metadata into OpenMetadata; token via `token-broker exec`",
+    description="MySQL metadata into OpenMetadata; token via `token-broker-runner exec`",
     schedule=SCHEDULE,
     **DAG_ARGS,
 ) as exec_dag:
@@ -68,7 +68,7 @@ with DAG(
         # `metadata`, so its exit status is the task's and a kill reaches it. No token, no run:
         # the task fails with the broker's reason (exit 1).
         bash_command=(
-            "token-broker exec --profile ingestion --min-ttl 3h --env OM_JWT_TOKEN -- "
+            "token-broker-runner exec --profile ingestion --min-ttl 3h --env OM_JWT_TOKEN -- "
             "metadata ingest -c /opt/airflow/workflows/mysql.yaml"
         ),
         execution_timeout=MIN_TTL,

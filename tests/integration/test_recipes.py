@@ -236,7 +236,7 @@ def test_airflow_dag_file_declares_an_exec_dag_and_a_python_dag(recipe: types.Mo
     assert isinstance(bash, StandInBashOperator)
     command = bash.kwargs["bash_command"]
     assert command == (
-        "token-broker exec --profile ingestion --min-ttl 3h --env OM_JWT_TOKEN -- "
+        "token-broker-runner exec --profile ingestion --min-ttl 3h --env OM_JWT_TOKEN -- "
         "metadata ingest -c /opt/airflow/workflows/mysql.yaml"
     )
     argv = shlex.split(command)
@@ -286,7 +286,7 @@ def test_airflow_bash_command_runs_metadata_with_a_broker_token(
     fake.chmod(0o755)
     venv_bin = Path(sys.executable).parent
     path = f"{fake_bin}{os.pathsep}{venv_bin}{os.pathsep}/usr/bin{os.pathsep}/bin"
-    assert shutil.which("token-broker", path=path) == str(venv_bin / "token-broker")
+    assert shutil.which("token-broker-runner", path=path) == str(venv_bin / "token-broker-runner")
     key_file = tmp_path / "airflow-key"
     key_file.write_text(broker.files.keys["airflow"] + "\n")
     run_id = f"scheduled__{uuid.uuid4().hex}"
