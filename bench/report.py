@@ -55,12 +55,19 @@ class Target:
 
 
 TARGETS = (
-    Target(1, "rps_ratio_c50", ">=", 0.85, "hand-out req/s vs bare, 50 connections, audit on"),
-    Target(1, "p99_ratio_c50", "<=", 1.5, "hand-out p99 vs bare, 50 connections, audit on"),
+    Target(1, "rps_ratio_c50", ">=", 0.85, "hand-out req/s vs bare, 50 conns, production shape"),
+    Target(1, "p99_ratio_c50", "<=", 1.5, "hand-out p99 vs bare, 50 conns, production shape"),
+    Target(1, "cpu_ratio_c50", "<=", 1.25, "server CPU/request vs bare, 50 conns, production"),
+    Target(1, "rps_ratio_c50_noratelimit", ">=", 0.85, "same, rate limit off", counted=False),
+    Target(1, "p99_ratio_c50_noratelimit", "<=", 1.5, "same, rate limit off", counted=False),
+    Target(1, "cpu_ratio_c50_noratelimit", "<=", 1.25, "same, rate limit off", counted=False),
     Target(
         1, "rps_ratio_c50_noaudit", ">=", 0.85, "same, audit lines off (WARNING)", counted=False
     ),
     Target(1, "p99_ratio_c50_noaudit", "<=", 1.5, "same, audit lines off (WARNING)", counted=False),
+    Target(
+        1, "cpu_ratio_c50_noaudit", "<=", 1.25, "same, audit lines off (WARNING)", counted=False
+    ),
     Target(2, "stampede_issuer_requests", "==", "stampede_expected", "cold stampede: 1 per key"),
     Target(2, "steady_issuer_requests", "==", "steady_expected", "steady: ceil(T/interval)/key"),
     Target(3, "refresh_p99_ratio", "<=", 1.2, "p99 in refresh windows vs steady p99"),
@@ -192,12 +199,16 @@ def markdown(result: dict[str, Any]) -> str:
             "## 1. Cached hand-out vs bare endpoint (best of the rounds)",
             "",
             (
-                "| audit | conns | bare req/s | token req/s | ratio | bare p50 | token p50 | "
+                "| shape | conns | bare req/s | token req/s | ratio | bare p50 | token p50 | "
                 "bare p99 | token p99 | p99 ratio | server CPU/req bare | token | ratio |"
             ),
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for suffix, label in (("", "on"), ("_noaudit", "off")):
+        for suffix, label in (
+            ("", "production"),
+            ("_noratelimit", "rate limit off"),
+            ("_noaudit", "audit off"),
+        ):
             for c in levels:
                 key = f"c{c}{suffix}"
                 if f"bare_rps_{key}" not in figures:

@@ -204,11 +204,18 @@ def handout_phase(bench: Bench, stack: Stack) -> None:
                     )
                     bench.measured("figure5", meter, result)
             if BARE_VS_TOKEN in opts.figures:
-                figure1(bench, stack, broker, suffix="", title="audit lines on (INFO)")
+                figure1(bench, stack, broker, suffix="", title="production shape")
         finally:
             stack.stop_broker(broker)
             shrink_log(broker.log)
     if BARE_VS_TOKEN in opts.figures:
+        # Comparison rows: what the rate limit and the audit lines each cost.
+        broker = stack.start_broker("noratelimit", {"TOKEN_BROKER_RATE_LIMIT_PER_MINUTE": "0"})
+        try:
+            figure1(bench, stack, broker, suffix="_noratelimit", title="rate limit off")
+        finally:
+            stack.stop_broker(broker)
+            shrink_log(broker.log)
         broker = stack.start_broker("noaudit", {"TOKEN_BROKER_LOG_LEVEL": "WARNING"})
         try:
             figure1(bench, stack, broker, suffix="_noaudit", title="audit lines off (WARNING)")

@@ -41,7 +41,8 @@ CALLER = shared.CALLER
 # the load), audit lines on (INFO, as in production) unless a figure says otherwise.
 BENCH_ENV = {
     "TOKEN_BROKER_BENCH_ENDPOINTS": "true",
-    "TOKEN_BROKER_RATE_LIMIT_PER_MINUTE": "0",
+    # Production shape: the per-caller limit on, set where this load never reaches it.
+    "TOKEN_BROKER_RATE_LIMIT_PER_MINUTE": "100000000",
     "TOKEN_BROKER_LOG_LEVEL": "INFO",
 }
 

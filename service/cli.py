@@ -1,5 +1,5 @@
-"""``token-broker``: serve, check-config, new-key, new-cache-key, admin; token, exec and sidecar
-come from the runner (service/runner/cli.py)."""
+"""``token-broker``: serve, check-config, new-key, new-cache-key, admin; token, exec, sidecar and
+doctor come from the runner (service/runner/cli.py)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ def check_config(
         f"ok: {len(loaded.profiles)} profile(s), {len(loaded.callers)} caller(s) "
         f"in {settings.config}"
     )
+    for warning in _signing_warnings(loaded):
+        typer.echo(f"warning: {warning}", err=True)
     if connect:
         from service.config.reachability import check_all  # noqa: PLC0415
 
@@ -113,6 +115,64 @@ def check_config(
             typer.echo(result.line())
         if not all(result.ok for result in results):
             raise typer.Exit(1)
+
+
+def _signing_warnings(config: Any) -> list[str]:
+    """Keys that are published but do not sign: kept only while tokens they signed live."""
+    if config.signing is None:
+        return []
+    longest = max(
+        (
+            rule.max_ttl or 0
+            for caller in config.callers
+            for profile in config.profiles.values()
+            if profile.spec.provider == "broker"
+            and (rule := config.policy.rule(caller, profile.name)) is not None
+        ),
+        default=0,
+    )
+    return [
+        f"signing key '{key.kid}' is published but does not sign; remove it after the longest "
+        f"token it signed has expired (max_ttl {longest} s after it stopped signing)"
+        for key in config.signing.keys[1:]
+    ]
+
+
+@app.command("new-signing-key")
+def new_signing_key(
+    kid: Annotated[str, typer.Option("--kid", help="Key id: letters, digits, '.', '_', '-'.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PEM (mode 0600).")],
+) -> None:
+    """Write a new 3072-bit RSA signing key (PEM, 0600) and print the YAML line for signing.keys."""
+    import os  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kid):
+        typer.echo("--kid: 1 to 64 letters, digits, '.', '_' or '-'", err=True)
+        raise typer.Exit(2)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        # O_EXCL: never overwrite a key (it may be the one signing today); 0600 from the
+        # start, so the key is never readable by others even for an instant.
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        typer.echo(f"{out} exists; refusing to overwrite a key", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"{out}: cannot create ({exc.strerror})", err=True)
+        raise typer.Exit(1) from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    typer.echo("# under signing.keys (second while OpenMetadata fetches it, then first):")
+    typer.echo(f"- {{kid: {kid}, private_key: {{file: {out}}}}}")
 
 
 @app.command()
@@ -246,6 +306,12 @@ def exec_(ctx: typer.Context) -> None:
 def sidecar(ctx: typer.Context) -> None:
     """Keep a fresh token in a file and on a loopback port (or fetch it once)."""
     _runner("sidecar", ctx)
+
+
+@app.command(**_PASS_THROUGH)
+def doctor(ctx: typer.Context) -> None:
+    """Check that OpenMetadata accepts the profile's tokens; name the setting to change if not."""
+    _runner("doctor", ctx)
 
 
 admin_app = typer.Typer(
@@ -402,7 +468,7 @@ def admin_invalidate(
 def main() -> None:
     """Console entry point."""
     argv = sys.argv[1:]
-    if argv[:1] and argv[0] in {"token", "exec", "sidecar"}:
+    if argv[:1] and argv[0] in {"token", "exec", "sidecar", "doctor"}:
         # Straight to the runner: click would swallow a `--` that `exec` must see.
         from service.runner import cli as runner_cli  # noqa: PLC0415
 

@@ -19,8 +19,11 @@ maps to, so the HTTP layer renders all of them through one function
     ├── RateLimited                    429 temporarily_unavailable (+ Retry-After)
     ├── CacheUnavailable               503 temporarily_unavailable (an admin action or a full
     │                                      replay store needs Redis)
+    ├── AuditUnavailable               503 temporarily_unavailable (+ Retry-After; the audit
+    │                                      trail cannot take the line: refused, not unaudited)
     ├── UpstreamError                  502 server_error     (the issuer refused or answered badly)
-    │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After)
+    │   └── UpstreamUnavailable        503 temporarily_unavailable (+ Retry-After; also an
+    │                                      issuer budget spent)
     └── ConfigError                    raised at start-up only; lists every problem
 
 Descriptions are written for the caller: they never contain a secret, a key or a token.
@@ -174,6 +177,25 @@ class CacheUnavailable(BrokerError):
     def headers(self) -> dict[str, str]:
         """Redis is probed every few seconds."""
         return {"Retry-After": "5"}
+
+
+class AuditUnavailable(BrokerError):
+    """The audit trail cannot take another line now: the hand-out is refused, not unaudited.
+
+    Not an ``UpstreamUnavailable``: the issuer is fine, and nothing that handles issuer
+    outages (serving a cached token instead, the circuit breaker) applies.
+    """
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the audit trail is not keeping up; try again")
+        self.retry_after = 1
+
+    def headers(self) -> dict[str, str]:
+        """The sink drains within milliseconds once its reader catches up."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UpstreamError(BrokerError):

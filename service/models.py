@@ -40,6 +40,9 @@ class Grant:
     scopes: tuple[str, ...]
     min_ttl: int = 0
     max_ttl: int | None = None
+    # For minted tokens: who the token names, and the run it is for (ignored by exchanges).
+    principal: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

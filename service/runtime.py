@@ -24,13 +24,15 @@ from service.callers.authenticator import Authenticator
 from service.callers.jwks import JwksKeySource
 from service.callers.jwt import WorkloadAuthenticator
 from service.callers.replay import UsedJtis
-from service.config.load import load_config
+from service.config.load import load_config, parse_issuer_budget
 from service.config.settings import Settings
 from service.config.validated import BrokerConfig
 from service.core.broker import Broker, RefreshLock, TokenCache
+from service.core.handout import Issuer
 from service.errors import ConfigError
 from service.models import Caller
-from service.observe import metrics
+from service.observe import audit, metrics
+from service.store.budget import IssuerBudget
 from service.store.connection import (
     connect_redis,
     describe_redis_target,
@@ -48,6 +50,7 @@ from service.store.redis import (
     listen_for_invalidations,
 )
 from service.upstream.exchange import UpstreamTokenSource
+from service.upstream.minted import MintedProfile, Minter
 from service.upstream.resilience import Backoff
 from service.upstream.resilient import ResilientTokenSource
 
@@ -94,6 +97,13 @@ class Generation:
     source: UpstreamTokenSource
     keys: JwksKeySource | None
     loaded_at: float
+    # What the hand-out asks for a token: the broker, behind the minter when keys are set.
+    issuer: Issuer | None = None
+
+    @property
+    def handout_issuer(self) -> Issuer:
+        """The minter when the YAML has ``signing:``, else the exchanging broker."""
+        return self.issuer if self.issuer is not None else self.broker
 
     async def aclose(self) -> None:
         """Stop its background work and close its connections."""
@@ -113,6 +123,8 @@ class Shared:
     lock: RefreshLock | None
     resilient: ResilientTokenSource
     rate_limit: CallerRateLimit
+    # Limits follow the YAML on reload; the shares leased from Redis stay.
+    issuer_budget: IssuerBudget
     auth_throttle: AuthFailureThrottle
     # Outlives reloads: a used assertion must stay used whatever the YAML becomes.
     used_jtis: UsedJtis
@@ -322,6 +334,7 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
         config.profiles, timeout=settings.upstream_timeout_seconds, clock=clock
     )
     shared.resilient.inner = source
+    shared.issuer_budget.set_limits(_issuer_budgets(config))
     broker = Broker(
         cache=shared.cache,
         source=shared.resilient,
@@ -332,6 +345,7 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
         max_skew=settings.max_skew_seconds,
         wait_timeout=settings.wait_timeout_seconds,
         on_waiters=metrics.singleflight_waiters.set,
+        budget=shared.issuer_budget,
     )
     callers = {
         name: Caller(name=name, roles=frozenset(spec.roles))
@@ -356,7 +370,22 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
             remember_for=settings.jwks_max_age_seconds,
             clock=clock,
         )
+    minter = None
+    if config.signing is not None:
+        minted = {
+            name: MintedProfile(audience=p.spec.audience, email_domain=p.spec.email_domain)
+            for name, p in config.profiles.items()
+            if p.spec.provider == "broker"
+        }
+        minter = Minter(
+            issuer=config.signing.issuer,
+            key=config.signing.keys[0],
+            profiles=minted,
+            fallback=broker,
+            clock=clock,
+        )
     return Generation(
+        issuer=minter,
         config=config,
         broker=broker,
         callers=Authenticator(ApiKeyAuthenticator(config.api_keys, callers), workloads),
@@ -364,6 +393,26 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
         keys=keys,
         loaded_at=time.time(),
     )
+
+
+def _issuer_budgets(config: BrokerConfig) -> dict[str, int]:
+    # Profiles the broker signs for itself (provider broker) never reach an issuer.
+    return {
+        name: parse_issuer_budget(profile.spec.issuer_budget)
+        for name, profile in config.profiles.items()
+        if profile.spec.provider != "broker"
+    }
+
+
+def _issuer_budget(redis: Redis | None, health: RedisHealth | None) -> IssuerBudget:
+    """The issuer budget on the rate limit's Redis; a refusal is counted and audited."""
+
+    async def exceeded(profile: str) -> None:
+        metrics.labelled(metrics.issuer_budget_exceeded, profile).inc()
+        await audit.budget_exceeded(profile, budget.limit(profile))
+
+    budget = IssuerBudget({}, redis=redis, health=health, on_exceeded=exceeded)
+    return budget
 
 
 def build_runtime(
@@ -418,6 +467,7 @@ def build_runtime(
         lock=lock,
         resilient=resilient,
         rate_limit=CallerRateLimit(settings.rate_limit_per_minute, redis=redis, health=health),
+        issuer_budget=_issuer_budget(redis, health),
         auth_throttle=AuthFailureThrottle(settings.auth_failures_per_minute),
         used_jtis=UsedJtis(redis=redis, health=health, clock=clock),
         redis=redis,

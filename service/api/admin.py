@@ -31,9 +31,11 @@ router = APIRouter(prefix="/v1", tags=["admin"])
 ADMIN = "admin"
 
 
-def _require_admin(request: Request, caller: Caller, action: str, profile: str | None) -> None:
+async def _require_admin(
+    request: Request, caller: Caller, action: str, profile: str | None
+) -> None:
     if ADMIN not in caller.roles:
-        audit.admin(action, caller=caller.name, profile=profile, outcome="denied",
+        await audit.admin(action, caller=caller.name, profile=profile, outcome="denied",
                     client=client_address(request))  # fmt: skip
         raise AccessDenied(f"caller '{caller.name}' lacks the admin role")
 
@@ -93,10 +95,10 @@ async def list_profiles(
     request: Request, caller: Annotated[Caller, Depends(bearer_caller)]
 ) -> Response:
     """Every profile: issuer, auth method, last exchange, cached expiries, secret age."""
-    _require_admin(request, caller, "list_profiles", None)
+    await _require_admin(request, caller, "list_profiles", None)
     rt = runtime(request)
     profiles = [await _describe(rt, p) for p in rt.generation.config.profiles.values()]
-    audit.admin("list_profiles", caller=caller.name, profile=None, outcome="ok",
+    await audit.admin("list_profiles", caller=caller.name, profile=None, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("list_profiles").inc()
     return json_response({"profiles": profiles, "config_loaded_at": _iso(rt.generation.loaded_at)})
@@ -110,18 +112,18 @@ async def invalidate(
     rt = runtime(request)
     # Only a configured name reaches the audit line; anything else is caller input.
     known = name if name in rt.generation.config.profiles else None
-    _require_admin(request, caller, "invalidate", known)
+    await _require_admin(request, caller, "invalidate", known)
     if known is None:
-        audit.admin("invalidate", caller=caller.name, profile=None, outcome="unknown_profile",
-                    client=client_address(request))  # fmt: skip
+        await audit.admin("invalidate", caller=caller.name, profile=None,
+                          outcome="unknown_profile", client=client_address(request))  # fmt: skip
         raise NotFound("no such profile")
     try:
         await rt.generation.broker.invalidate(known)
     except BrokerError as exc:
-        audit.admin("invalidate", caller=caller.name, profile=known, outcome=exc.error,
+        await audit.admin("invalidate", caller=caller.name, profile=known, outcome=exc.error,
                     client=client_address(request))  # fmt: skip
         raise
-    audit.admin("invalidate", caller=caller.name, profile=known, outcome="ok",
+    await audit.admin("invalidate", caller=caller.name, profile=known, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("invalidate").inc()
     return json_response({"profile": known, "invalidated": True})
@@ -194,14 +196,14 @@ async def policy(
     generation = runtime(request).generation
     config = generation.config
     known_profile = profile if profile in config.profiles else None
-    _require_admin(request, caller, "policy", known_profile)
+    await _require_admin(request, caller, "policy", known_profile)
     unknown = None
     if profile is not None and known_profile is None:
         unknown = "unknown_profile"
     elif name is not None and name not in config.callers:
         unknown = "unknown_caller"
     if unknown is not None:
-        audit.admin("policy", caller=caller.name, profile=None, outcome=unknown,
+        await audit.admin("policy", caller=caller.name, profile=None, outcome=unknown,
                     client=client_address(request))  # fmt: skip
         # The name asked for is caller input: the body says only what kind of name it was.
         raise NotFound(f"no such {unknown.removeprefix('unknown_')}")
@@ -213,7 +215,7 @@ async def policy(
     if known_profile is not None:
         # Asked about one profile: only the callers that can reach it.
         callers = [entry for entry in callers if entry["grants"]]
-    audit.admin("policy", caller=caller.name, profile=known_profile, outcome="ok",
+    await audit.admin("policy", caller=caller.name, profile=known_profile, outcome="ok",
                 client=client_address(request))  # fmt: skip
     metrics.admin_actions.labels("policy").inc()
     return json_response({"callers": callers, "config_loaded_at": _iso(generation.loaded_at)})

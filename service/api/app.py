@@ -21,7 +21,9 @@ from service.api.middleware.proxies import TrustedProxies
 from service.api.middleware.request_id import RequestId
 from service.api.oauth2 import router as oauth2_router
 from service.api.token import router as token_router
+from service.api.wellknown import router as wellknown_router
 from service.config.settings import Settings
+from service.observe import audit
 from service.observe.logs import drain
 from service.runtime import Runtime, build_runtime, load_checked
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await runtime.aclose()
             drain()
+            audit.drain()
 
     app = FastAPI(
         title="token-broker",
@@ -59,6 +62,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.include_router(oauth2_router)
     app.include_router(health_router)
     app.include_router(admin_router)
+    app.include_router(wellknown_router)
     if settings.bench_endpoints:
         app.include_router(bench_router)
     errors.install(app)
@@ -96,7 +100,11 @@ def _on_sighup(runtime: Runtime) -> bool:
 def app_from_env() -> FastAPI:
     """uvicorn factory: each worker builds its settings once, at start-up."""
     from service.observe.logs import configure_logging  # noqa: PLC0415 - only for served processes
+    from service.observe.sink import AuditSink, open_stderr  # noqa: PLC0415 - likewise
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    if configure_logging(settings.log_level):
+        # Audit lines skip the logging thread: written from the loop, and a hand-out waits
+        # for its line to be queued (fails closed when the reader of stderr is stuck).
+        audit.use_sink(AuditSink(open_stderr()))
     return create_app(settings)

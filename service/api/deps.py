@@ -43,11 +43,11 @@ def throttle(rt: Runtime, request: Request) -> None:
     rt.shared.auth_throttle.check(client_address(request))
 
 
-def audit_refusal(rt: Runtime, request: Request, exc: InvalidClient | InvalidGrant) -> None:
+async def audit_refusal(rt: Runtime, request: Request, exc: InvalidClient | InvalidGrant) -> None:
     """Count a failed authentication against the address and leave an audit line."""
     rt.shared.auth_throttle.failed(client_address(request))
     # The description names what was wrong (expired, wrong audience...), never the credential.
-    audit.record(
+    await audit.record(
         "denied",
         caller=None,
         profile=None,
@@ -69,7 +69,7 @@ async def bearer_caller(
     try:
         return await rt.generation.callers.bearer(_bearer_credential(authorization))
     except InvalidClient as exc:
-        audit_refusal(rt, request, exc)
+        await audit_refusal(rt, request, exc)
         raise
 
 
@@ -109,7 +109,7 @@ def handout(rt: Runtime) -> Handout:
     return Handout(
         rate_limit=rt.shared.rate_limit,
         policy=config.policy,
-        broker=generation.broker,
+        broker=generation.handout_issuer,
         known_scopes=known_scopes,
         audit=audit.record,
         meter=_METER,

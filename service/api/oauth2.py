@@ -120,13 +120,13 @@ async def _client_auth(rt: Runtime, request: Request, form: dict[str, str]) -> C
         client_id, secret = _client_secret(header, form)
         return rt.generation.callers.client_secret(client_id, secret)
     except InvalidClient as exc:
-        audit_refusal(rt, request, exc)
+        await audit_refusal(rt, request, exc)
         if exc.scheme == _SCHEME:
             raise
         # The authenticator serves the Bearer endpoints too; this endpoint's 401 says Basic.
         raise InvalidClient(exc.description, scheme=_SCHEME) from None
     except InvalidGrant as exc:  # a replayed assertion is a failed auth too
-        audit_refusal(rt, request, exc)
+        await audit_refusal(rt, request, exc)
         raise
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import json
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -31,19 +32,30 @@ from service.config.schema import (
     GrantSpec,
     KubernetesSpec,
     ProfileSpec,
+    SigningSpec,
     TrustedIssuerSpec,
     WorkloadSpec,
 )
 from service.config.secrets import SecretSource, check_private_key, secret_source
-from service.config.validated import BrokerConfig, Profile, TrustedIssuer, WorkloadBinding
+from service.config.validated import (
+    BrokerConfig,
+    Profile,
+    Signing,
+    TrustedIssuer,
+    WorkloadBinding,
+)
 from service.core.policy import GrantRule, Policy
 from service.durations import parse_duration
 from service.errors import ConfigError
+from service.upstream.minting import SigningKey, load_signing_key, public_jwks
 from service.upstream.providers import PROVIDERS
 from service.upstream.providers.base import url_problem
 
 M = TypeVar("M", bound=BaseModel)
-_TOP_LEVEL = frozenset({"profiles", "callers", "trusted_issuers"})
+_TOP_LEVEL = frozenset({"profiles", "callers", "trusted_issuers", "signing"})
+# A minted token outlives its hand-out by at most this unless the grant says otherwise:
+# OpenMetadata cannot revoke it, so the default bounds what a leaked one is worth.
+DEFAULT_MINTED_MAX_TTL = 12 * 3600
 MAX_LEEWAY_SECONDS = 300
 _RESERVED_PARAMS = frozenset(
     {
@@ -114,6 +126,10 @@ _K8S_NAME = (
     "letter or digit, e.g. ingestion"
 )
 _ISSUER_NAME = "the name of an entry under trusted_issuers, e.g. cluster"
+_ISSUER_BUDGET = (
+    "exchanges with the issuer per minute, shared by all replicas: e.g. 30/min or 30, "
+    "or off (0) for no budget"
+)
 _CLAIMS = "a mapping of claim name to its exact text value, e.g. {repository_owner: acme}"
 
 
@@ -130,6 +146,7 @@ _HINTS: Mapping[tuple[type[BaseModel], str], str] = {
     ),
     (ProfileSpec, "client_id"): "the client id registered at the issuer (1 to 512 characters)",
     (ProfileSpec, "scopes"): _SCOPES,
+    (ProfileSpec, "issuer_budget"): _ISSUER_BUDGET,
     (ProfileSpec, "extra_params"): (
         "a mapping of form parameter to text, e.g. {organization: data}"
     ),
@@ -282,6 +299,8 @@ def parse_config(
         else Section[TrustedIssuerSpec]()
     )
     trusted = _trusted_issuers(issuer_section, base_dir, problems)
+    signing = _signing(raw.get("signing"), base_dir, allow_inline_secrets, problems)
+    _check_signed_profiles(profile_section, "signing" in raw, problems)
 
     profiles: dict[str, Profile] = {}
     for name, spec in profile_section.specs.items():
@@ -326,6 +345,7 @@ def parse_config(
         api_keys=api_keys,
         trusted_issuers=trusted,
         workloads=tuple(workloads),
+        signing=signing,
     )
 
 
@@ -382,6 +402,29 @@ def _section(raw: dict[Any, Any], key: str, model: type[M], problems: list[str])
     return out
 
 
+_PER_MINUTE = re.compile(r"(\d+)\s*/\s*(?:min|minute)")
+
+
+def parse_issuer_budget(value: bool | int | str) -> int:
+    """A profile's ``issuer_budget`` as exchanges per minute, 0 for none; ``ValueError`` if bad."""
+    if isinstance(value, bool):
+        if value:
+            raise ValueError(value)  # `on` or `true`: a budget needs a number
+        return 0
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(value)
+        return value
+    text = value.strip().lower()
+    if text == "off":
+        return 0
+    if text.isdigit():
+        return int(text)
+    if (match := _PER_MINUTE.fullmatch(text)) is None:
+        raise ValueError(value)
+    return int(match.group(1))
+
+
 def _profile(
     name: str,
     spec: ProfileSpec,
@@ -406,9 +449,19 @@ def _profile(
         for key in spec.extra_params
         if key in _RESERVED_PARAMS
     ]
-    secret, key = _credentials(
-        where, spec, broken, found, base_dir=base_dir, allow_inline=allow_inline
-    )
+    try:
+        parse_issuer_budget(spec.issuer_budget)
+    except ValueError:
+        found.append(f"{where}.issuer_budget: expected {_ISSUER_BUDGET}")
+    secret = key = None
+    if spec.provider != "broker":
+        if spec.client_id is None and "client_id" not in broken:
+            found.append(f"{where}.client_id: required: {_HINTS[ProfileSpec, 'client_id']}")
+        if spec.email_domain is not None:
+            found.append(f"{where}.email_domain: only used with provider 'broker'")
+        secret, key = _credentials(
+            where, spec, broken, found, base_dir=base_dir, allow_inline=allow_inline
+        )
     # A broken field stands at its default here; what that default would say about it, or
     # about fields it decides (which secret auth_method needs), is no news to the operator.
     problems += [
@@ -481,19 +534,89 @@ def _grants(
             problems.append(
                 f"{at}.scopes: not in profile '{grant.profile}' scopes: {' '.join(sorted(outside))}"
             )
-        max_ttl = None
+        minted = profile is not None and profile.provider == "broker"
+        max_ttl = DEFAULT_MINTED_MAX_TTL if minted else None
         if grant.max_ttl is not None:
             try:
                 max_ttl = parse_duration(grant.max_ttl)
             except ValueError as exc:
                 problems.append(f"{at}.max_ttl: {exc}")
+        if minted and grant.principal is None:
+            problems.append(
+                f"{at}.principal: required for a grant of broker profile '{grant.profile}': "
+                "the OpenMetadata user its tokens name, e.g. ingestion-airflow"
+            )
+        elif not minted and profile is not None and grant.principal is not None:
+            problems.append(
+                f"{at}.principal: only for broker profiles; '{grant.profile}' tokens come "
+                "from its issuer, which names the principal"
+            )
         rules[grant.profile] = GrantRule(
             profile=grant.profile,
             scopes=scopes,
             max_ttl=max_ttl,
             profile_scopes=profile_scopes,
+            principal=grant.principal if minted else None,
         )
     return rules
+
+
+def _check_signed_profiles(
+    section: Section[ProfileSpec], has_signing: bool, problems: list[str]
+) -> None:
+    if not has_signing:
+        problems += [
+            f"profiles.{name}.provider: 'broker' needs a top-level signing: section"
+            for name, spec in section.specs.items()
+            if spec.provider == "broker"
+        ]
+
+
+def _signing(
+    raw: object, base_dir: Path, allow_inline: bool, problems: list[str]
+) -> Signing | None:
+    """The broker's own signing keys, each read and checked now (never quoted)."""
+    if raw is None:
+        return None
+    try:
+        spec = SigningSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems += explain("signing", "signing", SigningSpec, exc)
+        return None
+    before = len(problems)
+    issuer = spec.issuer.rstrip("/")
+    if reason := url_problem(issuer):
+        problems.append(f"signing.issuer: {reason}")
+    keys: list[SigningKey] = []
+    kids: set[str] = set()
+    for index, entry in enumerate(spec.keys):
+        where = f"signing.keys[{index}]"
+        if entry.kid in kids:
+            problems.append(f"{where}.kid: '{entry.kid}' is used twice; every kid must differ")
+        kids.add(entry.kid)
+        source = secret_source(
+            f"{where}.private_key", entry.private_key, base_dir, allow_inline, problems
+        )
+        if source is None:
+            continue
+        try:
+            keys.append(load_signing_key(source.read(), entry.kid))
+        except (OSError, LookupError, ValueError) as exc:
+            # load_signing_key's messages never quote the PEM; the others name the source.
+            problems.append(f"{where}.private_key: {exc}")
+    if len(problems) != before:
+        return None
+    document = {
+        "issuer": issuer,
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }
+    return Signing(
+        issuer=issuer,
+        keys=tuple(keys),
+        jwks=json.dumps(public_jwks(keys)).encode(),
+        openid_configuration=json.dumps(document).encode(),
+    )
 
 
 def _trusted_issuers(

@@ -25,6 +25,8 @@ __all__ = [
     "Name",
     "ProfileSpec",
     "ScopeToken",
+    "SigningKeySpec",
+    "SigningSpec",
     "TrustedIssuerSpec",
     "WorkloadAlg",
     "WorkloadSpec",
@@ -33,6 +35,7 @@ __all__ = [
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # RFC 6749 section 3.3 scope-token.
 ScopeToken = Annotated[str, StringConstraints(pattern=SCOPE_TOKEN_PATTERN)]
+_DOMAIN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$"
 
 
 class _Strict(BaseModel):
@@ -40,14 +43,15 @@ class _Strict(BaseModel):
 
 
 class ProfileSpec(_Strict):
-    """One OIDC client the broker exchanges credentials for."""
+    """One OIDC client the broker exchanges credentials for, or (``broker``) tokens it signs."""
 
-    provider: Literal["oidc", "onelogin"] = "oidc"
+    provider: Literal["oidc", "onelogin", "broker"] = "oidc"
     issuer: str | None = None
     token_endpoint: str | None = None
     subdomain: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
     region: Literal["us", "eu"] | None = None
-    client_id: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    # Required by the exchanging providers (load.py says so); a broker profile has none.
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     client_secret: Any = None
     private_key: Any = None
     signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
@@ -59,6 +63,12 @@ class ProfileSpec(_Strict):
     audience: str | None = None
     resource: str | None = None
     extra_params: dict[str, str] = Field(default_factory=dict)
+    # Exchanges per minute across all replicas ("30/min", 30, or 0/off for none): what keeps a
+    # loop of cache misses from getting the client throttled or locked out at the issuer.
+    # YAML reads a bare off as false.
+    issuer_budget: bool | int | str = "30/min"
+    # Minted tokens only: ``email`` = principal@email_domain (OpenMetadata maps users by it).
+    email_domain: Annotated[str, StringConstraints(pattern=_DOMAIN)] | None = None
 
 
 class GrantSpec(_Strict):
@@ -67,6 +77,22 @@ class GrantSpec(_Strict):
     profile: str
     scopes: list[ScopeToken] | None = None
     max_ttl: str | int | None = None
+    # The one principal (OpenMetadata user) a broker profile's tokens name for this grant.
+    principal: Name | None = None
+
+
+class SigningKeySpec(_Strict):
+    """One key the broker signs minted tokens with; its ``kid`` is in every token it signs."""
+
+    kid: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    private_key: Any = None
+
+
+class SigningSpec(_Strict):
+    """The broker as an issuer: its URL and its keys, the first signing, all published."""
+
+    issuer: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    keys: list[SigningKeySpec] = Field(min_length=1)
 
 
 # Kubernetes object names (RFC 1123 subdomains / labels).

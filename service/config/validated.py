@@ -10,13 +10,23 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from service.config.schema import CallerSpec, ProfileSpec
 from service.config.secrets import SecretSource
 from service.core.policy import Policy
 
-__all__ = ["BrokerConfig", "Profile", "ProviderRules", "TrustedIssuer", "WorkloadBinding"]
+if TYPE_CHECKING:
+    from service.upstream.minting import SigningKey
+
+__all__ = [
+    "BrokerConfig",
+    "Profile",
+    "ProviderRules",
+    "Signing",
+    "TrustedIssuer",
+    "WorkloadBinding",
+]
 
 
 class ProviderRules(Protocol):
@@ -57,7 +67,7 @@ class Profile:
             [
                 self.issuer or "",
                 s.token_endpoint or "",
-                s.client_id,
+                s.client_id or "",
                 s.audience or "",
                 s.resource or "",
                 extras,
@@ -99,6 +109,19 @@ class WorkloadBinding:
     claims: Mapping[tuple[str, ...], str]
 
 
+@dataclass(frozen=True, eq=False)
+class Signing:
+    """The broker as an issuer: keys read and checked, discovery documents serialised once."""
+
+    issuer: str
+    keys: tuple[SigningKey, ...]  # the first signs; all are published
+    jwks: bytes  # GET /.well-known/jwks.json, public parts only
+    openid_configuration: bytes  # GET /.well-known/openid-configuration
+
+    def __repr__(self) -> str:
+        return f"Signing(issuer={self.issuer!r}, kids={[k.kid for k in self.keys]!r})"
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     """Everything the YAML says, validated and indexed for request time."""
@@ -109,3 +132,4 @@ class BrokerConfig:
     api_keys: Mapping[str, str]  # hex SHA-256 of a whole key -> caller name
     trusted_issuers: Mapping[str, TrustedIssuer] = dataclasses.field(default_factory=dict)
     workloads: tuple[WorkloadBinding, ...] = ()
+    signing: Signing | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol
 
 from service.errors import BrokerError
@@ -50,7 +50,7 @@ class AuditTrail(Protocol):
         expires_in: int | None = None,
         labels: Mapping[str, str] | None = None,
         client: str | None = None,
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
 
 class Meter(Protocol):
@@ -97,10 +97,11 @@ class Handout:
             grant = self._policy.decide(caller, request)
             issued = await self._broker.issue(grant)
         except BrokerError as exc:
-            self._refused(caller, request, peer, exc)
+            await self._refused(caller, request, peer, exc)
             raise
         remaining = issued.token.remaining(self._clock())
-        self._audit(
+        # Awaited: a token the trail could not record is not handed out (503).
+        await self._audit(
             "issued",
             caller=caller.name,
             credential=caller.credential,
@@ -117,13 +118,13 @@ class Handout:
         self._meter.remaining_life(grant.profile, remaining)
         return issued
 
-    def _refused(
+    async def _refused(
         self, caller: Caller, request: TokenRequest, peer: str | None, exc: BrokerError
     ) -> None:
         # Only configured names reach the log: a caller may paste anything into a request.
         known = self._known_scopes(request.profile)
         profile = request.profile if known is not None else UNKNOWN
-        self._audit(
+        await self._audit(
             "denied",
             caller=caller.name,
             credential=caller.credential,

@@ -23,6 +23,8 @@ class GrantRule:
     # The profile's scopes: the only scope names a refusal may repeat back to the caller.
     # Anything else in a request is caller input (a pasted key, say) and is only counted.
     profile_scopes: frozenset[str] = frozenset()
+    # Broker profiles only: the one principal every token of this grant names.
+    principal: str | None = None
 
 
 class Policy:
@@ -55,6 +57,8 @@ class Policy:
             scopes=scopes,
             min_ttl=request.min_ttl,
             max_ttl=rule.max_ttl,
+            principal=rule.principal,
+            labels=request.labels,
         )
 
     def rule(self, caller: str, profile: str) -> GrantRule | None:

@@ -2,22 +2,75 @@
 
 Fields are chosen so the secret team can answer "who got which token when" without the
 line ever holding a token: ``fingerprint`` is a hash prefix of the token.
+
+A served process (``serve``, JSON logs) writes the lines through the audit sink
+(``observe/sink.py``): the event is built as a dict here, serialised once with orjson,
+scrubbed and queued, and the loop writes it; a hand-out awaits that, so a trail that cannot
+keep up fails it closed (503) instead of losing the line. Elsewhere (tests driving the app
+in-process, terminals) the lines go through ``logging`` as before. Both give the same JSON
+keys in the same order as ``logs.JsonFormatter``.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import time
 from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from service.observe.logs import REQUEST_ID, scrub
+from service.observe.sink import AuditSink
 
 # One definition: the sidecar logs the same fingerprint the audit line carries.
 from service.runner.oauth2 import fingerprint
 
-__all__ = ["admin", "fingerprint", "record"]
+__all__ = ["admin", "budget_exceeded", "drain", "fingerprint", "record", "use_sink"]
 
 log = logging.getLogger("token_broker.audit")
+_sink: AuditSink | None = None
 
 
-def record(
+def use_sink(sink: AuditSink | None) -> None:
+    """Write audit lines through ``sink`` from now on (``None``: through ``logging``)."""
+    global _sink  # noqa: PLW0603 - one trail per process, chosen at start-up
+    if _sink is None and sink is not None:
+        atexit.register(drain)  # in case shutdown never reaches the lifespan's drain
+    _sink = sink
+
+
+def drain() -> None:
+    """Write out every queued line, blocking (shutdown)."""
+    if _sink is not None:
+        _sink.drain()
+
+
+async def _write(message: str, fields: dict[str, Any]) -> None:
+    sink = _sink
+    if sink is None:
+        log.info("%s", message, extra=fields)
+        return
+    # The logger's level still decides (WARNING turns audit lines off), as with logging.
+    if not log.isEnabledFor(logging.INFO):
+        return
+    now = time.time()
+    line: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now * 1000) % 1000:03d}Z",
+        "level": "info",
+        "logger": log.name,
+        "message": message,
+        **fields,
+    }
+    if (rid := REQUEST_ID.get()) is not None:
+        line["request_id"] = rid
+    text = scrub(orjson.dumps(line, default=str).decode())
+    await sink.emit(text.encode() + b"\n")
+
+
+async def record(
     outcome: str,
     *,
     caller: str | None,
@@ -34,10 +87,9 @@ def record(
     client: str | None = None,
 ) -> None:
     """Write one audit line; ``outcome`` is ``issued`` or ``denied``."""
-    log.info(
-        "token %s",
-        outcome,
-        extra={
+    await _write(
+        f"token {outcome}",
+        {
             "event": "token",
             "outcome": outcome,
             "caller": caller,
@@ -56,15 +108,13 @@ def record(
     )
 
 
-def admin(
+async def admin(
     action: str, *, caller: str, profile: str | None, outcome: str, client: str | None
 ) -> None:
     """Write one audit line for an admin API call, allowed or not."""
-    log.info(
-        "admin %s %s",
-        action,
-        outcome,
-        extra={
+    await _write(
+        f"admin {action} {outcome}",
+        {
             "event": "admin",
             "action": action,
             "outcome": outcome,
@@ -72,4 +122,12 @@ def admin(
             "profile": profile,
             "client": client,
         },
+    )
+
+
+async def budget_exceeded(profile: str, limit: int) -> None:
+    """Write one audit line for an exchange refused because ``profile`` spent its budget."""
+    await _write(
+        "issuer budget exceeded",
+        {"event": "issuer_budget", "profile": profile, "limit": limit},
     )

@@ -174,8 +174,11 @@ _listener: _BatchWriter | None = None
 _direct: logging.Handler | None = None
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
-    """Route all logging through a queue to stderr; JSON unless stderr is a terminal."""
+def configure_logging(level: str = "INFO", *, json: bool | None = None) -> bool:
+    """Route all logging through a queue to stderr; JSON unless stderr is a terminal.
+
+    Returns whether the lines are JSON.
+    """
     global _listener, _direct
     drain()
     # Our lines show none of these, and collecting them is most of a record's cost on the
@@ -202,6 +205,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     if _listener is None and _direct is None:
         atexit.register(drain)
     _listener, _direct = listener, handler
+    return use_json
 
 
 def drain() -> None:

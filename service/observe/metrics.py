@@ -43,6 +43,12 @@ cache_lookups = Counter(
     ["layer", "result"],
     registry=REGISTRY,
 )
+issuer_budget_exceeded = Counter(
+    "token_broker_issuer_budget_exceeded_total",
+    "Exchanges refused because the profile spent its issuer budget for the minute.",
+    ["profile"],
+    registry=REGISTRY,
+)
 client_disconnects = Counter(
     "token_broker_client_disconnects_total",
     "Requests whose client went away before its body arrived in full.",

@@ -19,10 +19,11 @@ import contextlib
 import errno
 import os
 import select
+import stat
 from collections import deque
 from collections.abc import Callable
 
-from service.errors import UpstreamUnavailable
+from service.errors import AuditUnavailable
 
 __all__ = ["AuditSink", "AuditUnavailable", "open_stderr"]
 
@@ -30,20 +31,17 @@ CHUNK = select.PIPE_BUF
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
-class AuditUnavailable(UpstreamUnavailable):
-    """The audit trail cannot take another line now: the hand-out is refused, not unaudited."""
-
-    def __init__(self) -> None:
-        super().__init__("the audit trail is not keeping up; try again", retry_after=1)
-
-
 def open_stderr() -> int:
     """A non-blocking descriptor of this process's stderr that leaves fd 2 itself blocking.
 
     Opening ``/proc/self/fd/2`` creates a new open file description (``O_NONBLOCK`` lives
-    there), so the logging thread's blocking writes to fd 2 are not affected; ``O_APPEND``
-    keeps a regular file from being overwritten. Falls back to a duplicate elsewhere.
+    there), so the logging thread's blocking writes to fd 2 are not affected. A regular file
+    gets a duplicate instead: sharing fd 2's offset is what keeps the two writers from
+    overwriting each other's lines when the file was not opened for appending (and regular
+    files never block anyway). Falls back to a duplicate elsewhere.
     """
+    if stat.S_ISREG(os.fstat(2).st_mode):
+        return os.dup(2)
     flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         return os.open("/proc/self/fd/2", flags)

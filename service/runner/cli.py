@@ -1,6 +1,6 @@
-"""The runner's commands: ``token``, ``exec`` and ``sidecar`` (argparse, standard library only).
+"""The runner's commands: ``token``, ``exec``, ``sidecar``, ``doctor`` (argparse, stdlib only).
 
-``token-broker`` (the server's CLI) hands these three commands to ``main`` unchanged, so the
+``token-broker`` (the server's CLI) hands these commands to ``main`` unchanged, so the
 flags, messages and exit statuses are the same whichever way the runner was installed.
 Exit statuses: 0 done, 1 no token (the broker refused or could not be reached), 2 usage.
 """
@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import doctor
 from . import sidecar as runner
 from .client import (
     DEFAULT_URL,
@@ -37,7 +38,7 @@ from .durations import parse_duration
 
 __all__ = ["COMMANDS", "main", "runner_version"]
 
-COMMANDS = ("token", "exec", "sidecar")
+COMMANDS = ("token", "exec", "sidecar", "doctor")
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Written into the .pyz by scripts/build_runner.py: a zipapp has no package metadata.
@@ -150,6 +151,23 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=os.environ.get("TOKEN_BROKER_LOG_LEVEL") or "INFO",
         help="Log level (env: TOKEN_BROKER_LOG_LEVEL).",
     )
+
+    doctor_ = commands.add_parser(
+        "doctor",
+        help="Check that OpenMetadata accepts the profile's tokens; say what to change if not.",
+        description="Fetch a token as `token` does (never printed), check it against "
+        "OpenMetadata's rules and the settings it publishes, ask OpenMetadata who the token is "
+        "and what it may do, and print a checklist whose FAIL lines name the OpenMetadata or "
+        "IdP setting to change. Exit 0 exactly when OpenMetadata accepts the token.",
+    )
+    doctor_.add_argument("target", choices=["openmetadata"], help="What to check against.")
+    common(doctor_)
+    doctor_.add_argument(
+        "--server",
+        required=True,
+        help="OpenMetadata's API URL, the workflow's hostPort: https://om.example.com/api.",
+    )
+    doctor_.add_argument("--timeout", default="10s", help="Per request to OpenMetadata or IdP.")
     return parser
 
 
@@ -243,6 +261,30 @@ def _exec(prog: str, args: argparse.Namespace) -> int:
         _fail(f"{prog} exec: cannot run {command[0]}: {exc.strerror}", status)
 
 
+def _doctor(prog: str, args: argparse.Namespace) -> int:
+    seconds = _duration("--min-ttl", args.min_ttl)
+    timeout = _duration("--timeout", args.timeout)
+    labels = _labels(args.label)
+    if not args.server.startswith(("http://", "https://")):
+        raise _Usage("--server: the workflow's hostPort, e.g. https://om.example.com/api")
+    options = doctor.Options(
+        server=args.server, broker_url=args.url, min_ttl=seconds, timeout=float(max(timeout, 1))
+    )
+
+    def fetch() -> FetchedToken:
+        return fetch_token(
+            args.url,
+            credential_from_env(),
+            profile=args.profile,
+            scopes=args.scope,
+            min_ttl=seconds,
+            labels=labels,
+        )
+
+    del prog
+    return doctor.run(options, fetch, print)
+
+
 def _sidecar(prog: str, args: argparse.Namespace) -> int:
     seconds = _duration("--min-ttl", args.min_ttl)
     give_up = _duration("--timeout", args.timeout)
@@ -324,7 +366,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "token-broker-runner") -
     """Run one command; the exit status (``exec`` does not return when it runs CMD)."""
     parser = _parser(prog)
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    handlers = {"token": _token, "exec": _exec, "sidecar": _sidecar}
+    handlers = {"token": _token, "exec": _exec, "sidecar": _sidecar, "doctor": _doctor}
     try:
         return handlers[args.command](prog, args)
     except _Usage as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "afetch_token",
     "credential_from_env",
     "fetch_token",
+    "https_opener",
     "parse_label",
     "parse_response",
     "run_labels",
@@ -253,6 +254,12 @@ def _opener() -> urllib.request.OpenerDirector:
         reason = getattr(exc, "strerror", None) or "not a PEM CA bundle"
         raise ClientError(f"cannot read {CA_FILE_VARIABLE}: {reason}") from None
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
+
+
+def https_opener() -> urllib.request.OpenerDirector:
+    """An opener that verifies TLS as the runner does (``TOKEN_BROKER_CA_FILE``) and never
+    follows a redirect; ``ClientError`` when the CA file cannot be read."""
+    return _opener()
 
 
 def _call(

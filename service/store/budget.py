@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -195,15 +195,35 @@ class IssuerBudget:
         redis: Redis | None = None,
         health: RedisHealth | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_exceeded: Callable[[str], None] = lambda _: None,
+        on_exceeded: Callable[[str], Awaitable[None] | None] = lambda _: None,
     ) -> None:
-        self._limits = dict(limits)
-        self._budgets = {
-            profile: Budget(limit, prefix=_ISSUER_PREFIX, redis=redis, health=health, clock=clock)
-            for profile, limit in limits.items()
-            if limit > 0
-        }
+        self._redis = redis
+        self._health = health
+        self._clock = clock
+        self._limits: dict[str, int] = {}
+        self._budgets: dict[str, Budget] = {}
         self._on_exceeded = on_exceeded
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Mapping[str, int]) -> None:
+        """New limits (a reload): a profile whose limit is unchanged keeps its shares."""
+        budgets: dict[str, Budget] = {}
+        for profile, limit in limits.items():
+            old = self._budgets.get(profile)
+            if limit <= 0:
+                continue
+            budgets[profile] = (
+                old
+                if old is not None and old.limit == limit
+                else Budget(
+                    limit,
+                    prefix=_ISSUER_PREFIX,
+                    redis=self._redis,
+                    health=self._health,
+                    clock=self._clock,
+                )
+            )
+        self._limits, self._budgets = dict(limits), budgets
 
     def limit(self, profile: str) -> int:
         """The profile's budget per minute (0: unlimited)."""
@@ -216,7 +236,9 @@ class IssuerBudget:
             return
         verdict = budget.try_spend(profile) or await budget.spend(profile)
         if not verdict.allowed:
-            self._on_exceeded(profile)
+            # Awaited: the audit line is written before the refusal is answered.
+            if (done := self._on_exceeded(profile)) is not None:
+                await done
             raise UpstreamUnavailable(
                 f"profile '{profile}' is over its issuer budget of {budget.limit} exchanges "
                 "per minute; cached tokens are still served",

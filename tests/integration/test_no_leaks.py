@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 import yaml
+from joserfc.jwk import RSAKey
 
 from service.observe.logs import JsonFormatter, TextFormatter, scrub
 from tests.support import OidcProvider
@@ -202,6 +203,9 @@ def _key_needles(owner: str, key: str) -> list[Needle]:
     ]
 
 
+_PRIVATE_JWK = ("d", "p", "q", "dp", "dq", "qi")
+
+
 def leak_config(directory: Path, issuer: OidcProvider) -> tuple[BrokerFiles, list[Needle]]:
     """Profiles for basic and private_key_jwt clients and one the issuer refuses; 3 callers."""
     basic, signer = issuer.client("broker-basic"), issuer.client("broker-jwt")
@@ -209,6 +213,8 @@ def leak_config(directory: Path, issuer: OidcProvider) -> tuple[BrokerFiles, lis
     assert signer.private_key_pem_path is not None
     wrong_secret = f"wrong-secret-{secrets.token_hex(12)}"
     (directory / "basic.secret").write_text(basic.client_secret + "\n")
+    signing_key = RSAKey.generate_key(2048, private=True)
+    (directory / "signing.pem").write_bytes(signing_key.as_pem(private=True))
     (directory / "wrong.secret").write_text(wrong_secret + "\n")
     profiles = {
         "ingestion": {
@@ -233,12 +239,14 @@ def leak_config(directory: Path, issuer: OidcProvider) -> tuple[BrokerFiles, lis
             "client_secret": {"file": "wrong.secret"},
             "scopes": ["read"],
         },
+        "minted": {"provider": "broker", "email_domain": "example.com"},
     }
     grants: dict[str, list[dict[str, Any]]] = {
         "airflow": [
             {"profile": "ingestion", "max_ttl": "4h"},
             {"profile": "signed"},
             {"profile": "broken"},
+            {"profile": "minted", "principal": "ingestion-airflow"},
         ],
         "reader": [{"profile": "ingestion", "scopes": ["read"]}],
         "idle": [],
@@ -249,7 +257,12 @@ def leak_config(directory: Path, issuer: OidcProvider) -> tuple[BrokerFiles, lis
         for caller, g in grants.items()
     }
     path = directory / "broker.yaml"
-    path.write_text(yaml.safe_dump({"profiles": profiles, "callers": callers}))
+    signing = {
+        "issuer": "http://127.0.0.1:8080",
+        "keys": [{"kid": "leak-1", "private_key": {"file": "signing.pem"}}],
+    }
+    document = {"profiles": profiles, "callers": callers, "signing": signing}
+    path.write_text(yaml.safe_dump(document))
     pem_lines = [
         line
         for line in signer.private_key_pem_path.read_text().splitlines()
@@ -263,6 +276,14 @@ def leak_config(directory: Path, issuer: OidcProvider) -> tuple[BrokerFiles, lis
             for i, x in enumerate(pem_lines)
         ),
     ]
+    signing_pem = signing_key.as_pem(private=True).decode().splitlines()
+    needles += [
+        Needle(f"line {i} of the signing key", x)
+        for i, x in enumerate(signing_pem)
+        if x and not x.startswith("-----")
+    ]
+    private = signing_key.as_dict(private=True)
+    needles += [Needle(f"signing key JWK {p}", str(private[p])) for p in _PRIVATE_JWK]
     for caller, key in keys.items():
         needles += _key_needles(f"of caller {caller}", key)
     return BrokerFiles(config=path, keys=keys), needles
@@ -421,6 +442,13 @@ async def leak_workload(
         await v1("issuer unavailable", 503, airflow, {"profile": "signed", "scopes": ["write"]})
     finally:
         issuer.proxy.set_fault(None)
+    await v1("minted", 200, airflow, {"profile": "minted", "min_ttl": 600, "labels": labels})
+    await oauth2(
+        "minted via facade", 200, {"resource": "minted"}, headers=_basic("airflow", airflow)
+    )
+    await v1("minted over max_ttl", 400, airflow, {"profile": "minted", "min_ttl": 86400})
+    await send("jwks", 200, "GET", "/.well-known/jwks.json")
+    await send("openid configuration", 200, "GET", "/.well-known/openid-configuration")
     await send("healthz", 200, "GET", "/healthz")
     await send("readyz", 200, "GET", "/readyz")
     await send("metrics", 200, "GET", "/metrics")

@@ -8,6 +8,10 @@ on the session oidc-provider; the fake server (om_server.py) accepts only tokens
 signed, answers the version check, and 404s the rest, so every run ends right after the CLI
 authenticated, with exit status 1. What is asserted is what the CLI sent, and that no token,
 API key or client secret was written to the workflow file, an argv or the CLI's output.
+
+Then, for every OpenMetadata configuration of ``doctor_cases.py`` (the stand-in enforcing OM's
+rules per variant), ``token-broker doctor openmetadata`` runs first and the real CLI after it:
+the CLI authenticates exactly where doctor said OM accepts, and meets OM's status where not.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 import pytest
 
 from service.observe.audit import fingerprint
+from tests.interop.doctor_cases import CASES, DoctorCase
+from tests.interop.ensure_venv import pinned_version
 from tests.interop.om_server import VERSION_PATH, FakeOpenMetadata, SeenRequest
 from tests.support import OidcProvider, verify_access_token
 from tests.support.broker_process import BrokerProcess, broker_env
@@ -267,3 +273,53 @@ def test_a_token_the_issuer_did_not_sign_is_refused(
     assert {request.status for request in seen} == {401}
     assert result.returncode == 1
     assert "Not authorized" in result.output
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_doctor_predicts_what_metadata_ingest_meets(
+    case: DoctorCase,
+    broker: BrokerProcess,
+    oidc_provider: OidcProvider,
+    metadata_cli: Path,
+    tmp_path: Path,
+) -> None:
+    """Per OM variant: doctor's verdict first, then exec -> metadata ingest meets exactly that."""
+    key = broker.files.keys["airflow"]
+    env = broker_env(TOKEN_BROKER_URL=broker.url, TOKEN_BROKER_CREDENTIAL=key, HOME=str(tmp_path))
+    version = ".".join(pinned_version().split(".")[:3])
+    with case.server(oidc_provider.jwks_uri, version) as om:
+        doctor = run(
+            [str(TOKEN_BROKER), "doctor", "openmetadata", "--server", om.api_url,
+             "--profile", "ingestion", "--min-ttl", "30m"],
+            env, tmp_path,
+        )  # fmt: skip
+        assert doctor.returncode == (0 if case.accepted else 1), doctor.output
+        for fragment in case.fragments(oidc_provider.jwks_uri):
+            assert fragment in doctor.stdout, f"{fragment!r} not in:\n{doctor.stdout}"
+        om.reset()
+        workflow = write_workflow(tmp_path, om.api_url)
+        argv = [
+            str(TOKEN_BROKER), "exec", "--profile", "ingestion", "--min-ttl", "30m",
+            "--", str(metadata_cli), "ingest", "-c", str(workflow),
+        ]  # fmt: skip
+        result = run(argv, env, tmp_path, om)
+        seen = om.requests
+    token = seen[0].bearer if seen else None
+    assert token is not None, f"no Bearer token reached the server: {result.output[-3000:]}"
+    assert_absent([token, *broker.files.secrets], doctor=doctor.output, cli=result.output)
+    statuses = [request.status for request in seen]
+    assert result.returncode != 0
+    if case.cli_status == 401:
+        assert set(statuses) == {401}, statuses
+        assert "Not authorized" in result.output
+    elif case.cli_status == 404:
+        # Authenticated (the version check passes), then every lookup: user not found.
+        assert statuses[0] == 200, statuses
+        lookups = [request.status for request in seen if request.path != VERSION_PATH]
+        assert lookups, statuses
+        assert set(lookups) == {404}, statuses
+    elif case.cli_status == 403:
+        assert 401 not in statuses
+        assert 403 in statuses, statuses
+    else:
+        assert_authenticated_with(token, om, result)

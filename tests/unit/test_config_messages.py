@@ -119,7 +119,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) 
             "e.g. [ingestion, read]",
         ),
         ("profile", "auth_method", "basic", "profiles.ingestion.auth_method", "'private_key_jwt'"),
-        ("profile", "provider", "okta", "profiles.ingestion.provider", "'oidc' or 'onelogin'"),
+        ("profile", "provider", "okta", "profiles.ingestion.provider", "'onelogin' or 'broker'"),
         ("profile", "issuer", 7, "profiles.ingestion.issuer", "https URL"),
         ("profile", "subdomain", "Acme!", "profiles.ingestion.subdomain", "acme.onelogin.com"),
         ("profile", "client_id", "", "profiles.ingestion.client_id", "1 to 512 characters"),

@@ -55,7 +55,7 @@ class FakeAudit:
     def __init__(self) -> None:
         self.lines: list[dict[str, Any]] = []
 
-    def __call__(self, outcome: str, **fields: Any) -> None:
+    async def __call__(self, outcome: str, **fields: Any) -> None:
         self.lines.append({"outcome": outcome, **fields})
 
 
