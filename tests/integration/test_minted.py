@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import stat
 import time
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from fastapi import FastAPI
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
@@ -27,60 +25,11 @@ from service.store.crypto import new_cache_key
 from service.upstream.minting import load_signing_key
 from tests.interop.om_server import LOGGED_IN_USER_PATH, FakeOpenMetadata, OmUser, OmVariant
 from tests.support import OidcProvider
-from tests.support.broker import BrokerFiles, bearer, new_key, running_broker, write_config
+from tests.support.broker import BrokerFiles, bearer, running_broker, write_config
 from tests.support.broker_process import BrokerProcess, broker_env
+from tests.support.minted import DOMAIN, ISSUER, new_signing_key, rewrite_keys, write_minted
 
-ISSUER = "http://127.0.0.1:9999"
-DOMAIN = "example.com"
 LABELS = {"dag_id": "nightly", "task_id": "ingest", "run_id": "scheduled__2026-01-01"}
-
-
-def new_signing_key(directory: Path, kid: str) -> Path:
-    """A 2048-bit RSA PEM on disk (tests favour speed; new-signing-key writes 3072 bits)."""
-    path = directory / f"{kid}.pem"
-    path.write_bytes(RSAKey.generate_key(2048, private=True).as_pem(private=True))
-    return path
-
-
-def write_minted(
-    directory: Path, kids: list[str], *, max_ttl: str = "1h", key_files: dict[str, Path]
-) -> BrokerFiles:
-    """Profile ``om`` (provider broker) and callers airflow and dbt with their principals."""
-    principals = {"airflow": "ingestion-airflow", "dbt": "ingestion-dbt"}
-    keys = {caller: new_key(caller) for caller in principals}
-    document: dict[str, Any] = {
-        "signing": {
-            "issuer": ISSUER,
-            "keys": [{"kid": kid, "private_key": {"file": str(key_files[kid])}} for kid in kids],
-        },
-        "profiles": {
-            "om": {
-                "provider": "broker",
-                "audience": "openmetadata",
-                "email_domain": DOMAIN,
-                "scopes": ["ingestion"],
-            }
-        },
-        "callers": {
-            caller: {
-                "api_key_sha256": hashlib.sha256(keys[caller].encode()).hexdigest(),
-                "grants": [{"profile": "om", "principal": principal, "max_ttl": max_ttl}],
-            }
-            for caller, principal in principals.items()
-        },
-    }
-    path = directory / "broker.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return BrokerFiles(config=path, keys=keys)
-
-
-def rewrite_keys(files: BrokerFiles, kids: list[str], key_files: dict[str, Path]) -> None:
-    """The same YAML with ``signing.keys`` set to ``kids`` in that order."""
-    document = yaml.safe_load(files.config.read_text())
-    document["signing"]["keys"] = [
-        {"kid": kid, "private_key": {"file": str(key_files[kid])}} for kid in kids
-    ]
-    files.config.write_text(yaml.safe_dump(document))
 
 
 @pytest.fixture
