@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from service.config.load import load_config, parse_issuer_budget
 from service.config.settings import Settings
 from service.config.validated import BrokerConfig
 from service.core.broker import Broker, RefreshLock, TokenCache
-from service.core.handout import Issuer
+from service.core.handout import Handout
 from service.errors import ConfigError
 from service.models import Caller
 from service.observe import audit, metrics
@@ -97,13 +97,9 @@ class Generation:
     source: UpstreamTokenSource
     keys: JwksKeySource | None
     loaded_at: float
-    # What the hand-out asks for a token: the broker, behind the minter when keys are set.
-    issuer: Issuer | None = None
-
-    @property
-    def handout_issuer(self) -> Issuer:
-        """The minter when the YAML has ``signing:``, else the exchanging broker."""
-        return self.issuer if self.issuer is not None else self.broker
+    # The use case over this generation, built once: a request only calls it, so a reload
+    # mid-request never mixes an old policy with a new broker, and nothing is built per request.
+    handout: Handout
 
     async def aclose(self) -> None:
         """Stop its background work and close its connections."""
@@ -384,8 +380,18 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
             fallback=broker,
             clock=clock,
         )
+    handout = Handout(
+        rate_limit=shared.rate_limit,
+        policy=config.policy,
+        # The minter when the YAML has ``signing:`` (it hands other profiles to the broker).
+        broker=minter if minter is not None else broker,
+        known_scopes=_known_scopes(config),
+        audit=audit.record,
+        meter=_METER,
+        clock=clock,
+    )
     return Generation(
-        issuer=minter,
+        handout=handout,
         config=config,
         broker=broker,
         callers=Authenticator(ApiKeyAuthenticator(config.api_keys, callers), workloads),
@@ -393,6 +399,29 @@ def _generation(shared: Shared, config: BrokerConfig) -> Generation:
         keys=keys,
         loaded_at=time.time(),
     )
+
+
+class _Meter:
+    """The hand-out's metrics on the process's Prometheus registry."""
+
+    __slots__ = ()
+
+    def handed_out(self, profile: str, outcome: str) -> None:
+        metrics.labelled(metrics.handouts, profile, outcome).inc()
+
+    def remaining_life(self, profile: str, seconds: float) -> None:
+        metrics.labelled(metrics.remaining_life, profile).observe(seconds)
+
+
+_METER = _Meter()
+
+
+def _known_scopes(config: BrokerConfig) -> Callable[[str], Collection[str] | None]:
+    def known_scopes(name: str) -> Collection[str] | None:
+        profile = config.profiles.get(name)
+        return profile.spec.scopes if profile is not None else None
+
+    return known_scopes
 
 
 def _issuer_budgets(config: BrokerConfig) -> dict[str, int]:

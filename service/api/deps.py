@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Annotated, Any
 
 import orjson
@@ -13,7 +12,7 @@ from service.api.errors import NO_STORE
 from service.core.handout import Handout
 from service.errors import InvalidClient, InvalidGrant
 from service.models import Caller
-from service.observe import audit, metrics
+from service.observe import audit
 from service.runtime import Runtime
 
 __all__ = [
@@ -82,39 +81,9 @@ def _bearer_credential(authorization: str | None) -> str:
     return credential.strip()
 
 
-class _Meter:
-    """The hand-out's metrics on the process's Prometheus registry."""
-
-    __slots__ = ()
-
-    def handed_out(self, profile: str, outcome: str) -> None:
-        metrics.labelled(metrics.handouts, profile, outcome).inc()
-
-    def remaining_life(self, profile: str, seconds: float) -> None:
-        metrics.labelled(metrics.remaining_life, profile).observe(seconds)
-
-
-_METER = _Meter()
-
-
 def handout(rt: Runtime) -> Handout:
-    """The hand-out use case over the runtime's current configuration generation."""
-    generation = rt.generation  # read once: a reload mid-request must not mix two
-    config = generation.config
-
-    def known_scopes(name: str) -> Collection[str] | None:
-        profile = config.profiles.get(name)
-        return profile.spec.scopes if profile is not None else None
-
-    return Handout(
-        rate_limit=rt.shared.rate_limit,
-        policy=config.policy,
-        broker=generation.handout_issuer,
-        known_scopes=known_scopes,
-        audit=audit.record,
-        meter=_METER,
-        clock=rt.shared.clock,
-    )
+    """The hand-out use case of the configuration generation in force."""
+    return rt.generation.handout
 
 
 def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

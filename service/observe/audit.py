@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from service.observe.logs import REQUEST_ID, scrub
+from service.observe.logs import REQUEST_ID, iso_time, scrub
 from service.observe.sink import AuditSink
 
 # One definition: the sidecar logs the same fingerprint the audit line carries.
@@ -55,10 +55,8 @@ async def _write(message: str, fields: dict[str, Any]) -> None:
     # The logger's level still decides (WARNING turns audit lines off), as with logging.
     if not log.isEnabledFor(logging.INFO):
         return
-    now = time.time()
     line: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        + f".{int(now * 1000) % 1000:03d}Z",
+        "time": iso_time(time.time()),
         "level": "info",
         "logger": log.name,
         "message": message,

@@ -61,6 +61,12 @@ def scrub(text: str) -> str:
     return _SECRET_SHAPES.sub("[redacted]", text)
 
 
+def iso_time(seconds: float) -> str:
+    """``seconds`` since the epoch as the UTC timestamp every JSON line carries."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{int(seconds * 1000) % 1000:03d}Z"
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
@@ -71,8 +77,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as JSON."""
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
