@@ -49,9 +49,10 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (r"key_hash ", r"key_for ", r"prefix_for ", r"fingerprint "),
     ),
     (
-        "audit line on the event loop (LogRecord, QueueHandler)",
-        (r"\(logging/", r"\(service/observe/audit\.py", r"\(service/observe/logs\.py"),
+        "audit line (observe/audit.py build + scrub, observe/sink.py write)",
+        (r"\(service/observe/audit\.py", r"\(service/observe/sink\.py"),
     ),
+    ("logging (LogRecord, handlers)", (r"\(logging/", r"\(service/observe/logs\.py")),
     ("metrics (prometheus_client)", (r"\(prometheus_client/",)),
     (
         "body parsing + pydantic validation",
@@ -61,7 +62,10 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "authentication (callers/)",
         (r"\(service/callers/", r"bearer_caller ", r"_bearer_credential "),
     ),
-    ("rate limit / throttle", (r"\(service/store/ratelimit\.py",)),
+    (
+        "rate limit / throttle",
+        (r"\(service/store/ratelimit\.py", r"\(service/store/budget\.py"),
+    ),
     ("policy", (r"\(service/core/policy\.py",)),
     ("broker.issue + cache lookup", (r"\(service/core/broker\.py", r"\(service/store/")),
     ("dependency injection (fastapi)", (r"\(fastapi/dependencies/", r"\(fastapi/_compat")),

@@ -17,6 +17,7 @@ from service.runtime import Runtime
 
 __all__ = [
     "audit_refusal",
+    "authenticate_bearer",
     "bearer_caller",
     "client_address",
     "handout",
@@ -63,8 +64,12 @@ async def bearer_caller(
     ] = None,
 ) -> Caller:
     """Authenticate ``Authorization: Bearer <credential>``; every refusal is audited."""
-    rt = runtime(request)
-    throttle(rt, request)
+    return await authenticate_bearer(runtime(request), request, authorization)
+
+
+async def authenticate_bearer(rt: Runtime, request: Request, authorization: str | None) -> Caller:
+    """:func:`bearer_caller` for a handler that already holds the runtime."""
+    rt.shared.auth_throttle.check(client_address(request))
     try:
         return await rt.generation.callers.bearer(_bearer_credential(authorization))
     except InvalidClient as exc:

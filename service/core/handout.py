@@ -64,8 +64,8 @@ class Meter(Protocol):
 class Handout:
     """One caller's request for a token, refused or issued, and always accounted for.
 
-    Built per request from the current configuration generation, so a reload never mixes an
-    old policy with a new broker; construction is a few attribute stores.
+    Built once per configuration generation (``runtime._generation``), so a reload never mixes
+    an old policy with a new broker and a request only calls it.
     """
 
     __slots__ = ("_audit", "_broker", "_clock", "_known_scopes", "_meter", "_policy", "_rate")

@@ -11,6 +11,7 @@ OAuth2 facade, as before) never repeat the caller's text.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -44,7 +45,14 @@ def from_list(values: Iterable[str] | None) -> tuple[str, ...] | None:
     """
     if values is None:
         return None
-    return _tokens((entry.strip() for entry in values), InvalidRequest)
+    return _from_entries(tuple(values))
+
+
+@functools.lru_cache(maxsize=64)
+def _from_entries(entries: tuple[str, ...]) -> tuple[str, ...] | None:
+    # Runners send the same few lists on every hand-out; the memo is bounded, and a
+    # malformed list raises each time (exceptions are not cached).
+    return _tokens((entry.strip() for entry in entries), InvalidRequest)
 
 
 def _tokens(

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from service.observe.logs import REQUEST_ID, iso_time, scrub
+from service.observe.logs import REQUEST_ID, iso_time, scrub_bytes
 from service.observe.sink import AuditSink
 
 # One definition: the sidecar logs the same fingerprint the audit line carries.
@@ -29,7 +29,9 @@ from service.runner.oauth2 import fingerprint
 
 __all__ = ["admin", "budget_exceeded", "drain", "fingerprint", "record", "use_sink"]
 
-log = logging.getLogger("token_broker.audit")
+_LOGGER = "token_broker.audit"
+log = logging.getLogger(_LOGGER)
+_MESSAGES = {"issued": "token issued", "denied": "token denied"}
 _sink: AuditSink | None = None
 
 
@@ -55,17 +57,12 @@ async def _write(message: str, fields: dict[str, Any]) -> None:
     # The logger's level still decides (WARNING turns audit lines off), as with logging.
     if not log.isEnabledFor(logging.INFO):
         return
-    line: dict[str, Any] = {
-        "time": iso_time(time.time()),
-        "level": "info",
-        "logger": log.name,
-        "message": message,
-        **fields,
-    }
+    line = {"time": iso_time(time.time()), "level": "info", "logger": _LOGGER, "message": message}
+    line.update(fields)
     if (rid := REQUEST_ID.get()) is not None:
         line["request_id"] = rid
-    text = scrub(orjson.dumps(line, default=str).decode())
-    await sink.emit(text.encode() + b"\n")
+    # Serialised, scrubbed and queued as bytes: this runs once per hand-out.
+    await sink.emit(scrub_bytes(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)))
 
 
 async def record(
@@ -86,7 +83,7 @@ async def record(
 ) -> None:
     """Write one audit line; ``outcome`` is ``issued`` or ``denied``."""
     await _write(
-        f"token {outcome}",
+        _MESSAGES.get(outcome) or f"token {outcome}",
         {
             "event": "token",
             "outcome": outcome,

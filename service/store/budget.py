@@ -71,6 +71,10 @@ class Verdict:
     retry_after: float = 0.0
 
 
+# Immutable, so one instance serves every allowed event (the hot path allocates nothing).
+ALLOWED = Verdict(allowed=True)
+
+
 class Budget:
     """``limit`` events per key per wall-clock minute, shared through Redis by leases."""
 
@@ -100,7 +104,7 @@ class Budget:
             share.left -= 1
             if share.left <= share.chunk // 2 and not share.exhausted:
                 self._refill_in_background(key, share)
-            return Verdict(allowed=True)
+            return ALLOWED
         if share.exhausted:
             return Verdict(allowed=False, retry_after=share.ends_at - now)
         if self._script is None or self._health is None or not self._health.up:
@@ -120,7 +124,7 @@ class Budget:
         share = self._share(key, now := self._clock())
         if share.left > 0:
             share.left -= 1
-            return Verdict(allowed=True)
+            return ALLOWED
         if share.exhausted:
             return Verdict(allowed=False, retry_after=share.ends_at - now)
         return self._spend_locally(share, now)  # the lease failed: Redis is down
@@ -129,7 +133,7 @@ class Budget:
         if share.local_spent >= self.limit:
             return Verdict(allowed=False, retry_after=share.ends_at - now)
         share.local_spent += 1
-        return Verdict(allowed=True)
+        return ALLOWED
 
     def _share(self, key: str, now: float) -> _Share:
         share = self._shares.get(key)

@@ -50,8 +50,12 @@ class WindowCounter:
 
     def count(self, key: str) -> tuple[int, float]:
         """The count and seconds left in ``key``'s current window, without counting."""
+        window = self._windows.get(key)
+        if window is None:
+            # Every request asks about its address; almost none has failed before.
+            return 0, 0.0
         now = self._clock()
-        started, count = self._windows.get(key, (now, 0))
+        started, count = window
         if now - started >= WINDOW_SECONDS:
             return 0, 0.0
         return count, started + WINDOW_SECONDS - now

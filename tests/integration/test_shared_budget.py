@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from service.store.budget import WINDOW_SECONDS, Budget
 from service.store.redis import RedisHealth
+from tests.support.processes import free_port
 
 T0 = 1_000.0
 
@@ -97,3 +98,16 @@ async def test_without_redis_each_replica_limits_alone() -> None:
     """No Redis: each replica admits up to the limit by itself (the stated bound)."""
     budgets = replicas(3, 10, None, Wall())
     assert await _spend_round_robin(budgets, "airflow", 60) == 30
+
+
+async def test_redis_down_mid_run_each_replica_limits_alone() -> None:
+    """Redis configured but unreachable: spends never fail with a 500, each replica falls back
+    to its own window and admits at most the limit (the stated bound with Redis down)."""
+    dead = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    try:
+        budgets = replicas(3, 10, dead, Wall())
+        assert await _spend_round_robin(budgets, "airflow", 60) == 30
+    finally:
+        await dead.aclose()

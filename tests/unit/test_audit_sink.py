@@ -6,10 +6,11 @@ import asyncio
 import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from service.observe.sink import CHUNK, AuditSink, AuditUnavailable
+from service.observe.sink import CHUNK, FILE_CHUNK, AuditSink, AuditUnavailable
 
 
 @pytest.fixture
@@ -38,9 +39,10 @@ def _read_all(fd: int) -> bytes:
 
 
 async def test_lines_are_written_by_the_loop_in_order(pipe: tuple[int, int]) -> None:
-    """Lines offered in one loop iteration are written on the next one, whole and in order."""
+    """Without a linger, lines offered in one loop iteration are written on the next one,
+    whole and in order."""
     read, write = pipe
-    sink = AuditSink(write)
+    sink = AuditSink(write, linger_seconds=0)
     lines = [f'{{"n": {i}}}\n'.encode() for i in range(500)]
     for line in lines:
         await sink.emit(line)
@@ -56,7 +58,7 @@ async def test_a_stuck_reader_makes_handouts_fail_closed_and_loses_no_line(
     """Reader stuck: the buffer fills, emit refuses with 503 after its bound; every queued
     line still arrives once the reader catches up, and refused lines were never queued."""
     read, write = pipe
-    sink = AuditSink(write, max_bytes=8 * 1024, wait_seconds=0.05)
+    sink = AuditSink(write, max_bytes=8 * 1024, wait_seconds=0.05, linger_seconds=0)
     accepted: list[bytes] = []
     refused = 0
     for i in range(20_000):  # far more than a 64 KiB pipe plus an 8 KiB buffer hold
@@ -102,9 +104,57 @@ async def test_chunks_never_split_a_line_across_writes(pipe: tuple[int, int]) ->
         writes.append(data)
         return os.write(fd, data)
 
-    sink = AuditSink(write, write=recording)
+    sink = AuditSink(write, write=recording, linger_seconds=0)
     for i in range(300):
         await sink.emit(f"line {i:04d} {'y' * 40}\n".encode())
     await asyncio.sleep(0)
     assert all(len(w) <= CHUNK and w.endswith(b"\n") for w in writes)
     assert len(_read_all(read).splitlines()) == 300
+
+
+async def test_a_busy_loop_lines_share_one_write_after_the_linger(
+    pipe: tuple[int, int],
+) -> None:
+    """Lines queued within the linger go out together once it has passed, not one write each."""
+    read, write = pipe
+    writes: list[bytes] = []
+
+    def recording(fd: int, data: bytes) -> int:
+        writes.append(data)
+        return os.write(fd, data)
+
+    sink = AuditSink(write, write=recording, linger_seconds=0.05)
+    lines = [f"line {i:02d}\n".encode() for i in range(40)]
+    for line in lines:
+        await sink.emit(line)
+        await asyncio.sleep(0)  # other requests' turns on the loop
+    assert writes == []
+    for _ in range(200):
+        if sink.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert writes == [b"".join(lines)]
+    assert _read_all(read) == b"".join(lines)
+
+
+async def test_a_regular_file_gets_larger_line_aligned_writes(tmp_path: Path) -> None:
+    """A log file needs no PIPE_BUF bound: 64 KiB writes, still whole lines, none lost."""
+    writes: list[bytes] = []
+
+    def recording(fd: int, data: bytes) -> int:
+        writes.append(data)
+        return os.write(fd, data)
+
+    path = tmp_path / "audit.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        sink = AuditSink(fd, write=recording, linger_seconds=0)
+        lines = [f"line {i:04d} {'z' * 90}\n".encode() for i in range(2000)]
+        for line in lines:
+            sink.offer(line)
+        await asyncio.sleep(0)
+    finally:
+        os.close(fd)
+    assert all(len(w) <= FILE_CHUNK and w.endswith(b"\n") for w in writes)
+    assert max(map(len, writes)) > CHUNK
+    assert path.read_bytes() == b"".join(lines)
