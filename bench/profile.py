@@ -49,10 +49,10 @@ _LAYER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (r"key_hash ", r"key_for ", r"prefix_for ", r"fingerprint "),
     ),
     (
-        "audit line (observe/audit.py build + scrub, observe/sink.py write)",
-        (r"\(service/observe/audit\.py", r"\(service/observe/sink\.py"),
+        "audit line (observe/audit.py, its logs.py helpers, sink.py)",
+        (r"\(service/observe/(audit|logs|sink)\.py",),
     ),
-    ("logging (LogRecord, handlers)", (r"\(logging/", r"\(service/observe/logs\.py")),
+    ("logging (LogRecord, handlers)", (r"\(logging/",)),
     ("metrics (prometheus_client)", (r"\(prometheus_client/",)),
     (
         "body parsing + pydantic validation",
