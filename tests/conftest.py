@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
+from tests.support.audit_trail import AuditTrail, audit_trail_at
 from tests.support.processes import (
     MockServer,
     OidcProvider,
@@ -26,6 +27,7 @@ from tests.support.processes import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +84,10 @@ def mock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def audit_trail(tmp_path: Path) -> Iterator[AuditTrail]:
+    """This test's audit lines, written by the audit sink as in a served broker, read back."""
+    with audit_trail_at(tmp_path / "audit.log") as trail:
+        yield trail

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from service.observe.logs import JsonFormatter
-from tests.support.broker import BrokerFiles, audit_lines, bearer, running_broker
+from tests.support.audit_trail import AuditTrail
+from tests.support.broker import BrokerFiles, bearer, running_broker
 
 LABELS = {
     "dag_id": "om_ingest_snowflake",
@@ -19,7 +20,7 @@ LABELS = {
 
 
 async def test_issuance_line_carries_labels_and_fingerprint(
-    files: BrokerFiles, caplog: pytest.LogCaptureFixture
+    files: BrokerFiles, caplog: pytest.LogCaptureFixture, audit_trail: AuditTrail
 ) -> None:
     """labels sent with POST /v1/token and the token's fingerprint appear in its audit line."""
     caplog.set_level(logging.INFO)
@@ -31,7 +32,7 @@ async def test_issuance_line_carries_labels_and_fingerprint(
         )
     assert response.status_code == 200, response.text
     token = response.json()["access_token"]
-    (line,) = [entry for entry in audit_lines(caplog) if entry["outcome"] == "issued"]
+    (line,) = [entry for entry in audit_trail.lines() if entry["outcome"] == "issued"]
     assert line["caller"] == "airflow"
     assert line["credential"] == "api_key"
     assert line["profile"] == "ingestion"
@@ -39,13 +40,15 @@ async def test_issuance_line_carries_labels_and_fingerprint(
     assert line["fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:16]
     assert line["source"] == "issuer"
     assert line["client"] == "127.0.0.1"
-    rendered = "".join(JsonFormatter().format(record) for record in caplog.records)
+    rendered = (
+        "".join(JsonFormatter().format(record) for record in caplog.records) + audit_trail.text()
+    )
     assert token not in rendered
     assert files.keys["airflow"] not in rendered
 
 
 async def test_denial_line_carries_labels_and_reason(
-    files: BrokerFiles, caplog: pytest.LogCaptureFixture
+    files: BrokerFiles, caplog: pytest.LogCaptureFixture, audit_trail: AuditTrail
 ) -> None:
     """A refused request is audited with its labels, the reason and no fingerprint."""
     caplog.set_level(logging.INFO)
@@ -56,7 +59,7 @@ async def test_denial_line_carries_labels_and_reason(
             headers=bearer(files.keys["reader"]),
         )
     assert response.status_code == 403
-    (line,) = [entry for entry in audit_lines(caplog) if entry["outcome"] == "denied"]
+    (line,) = [entry for entry in audit_trail.lines() if entry["outcome"] == "denied"]
     assert line["caller"] == "reader"
     assert line["reason"] == "invalid_scope"
     assert line["labels"] == LABELS
@@ -69,7 +72,11 @@ async def test_denial_line_carries_labels_and_reason(
     ids=["no-grant-no-resource", "unmatched-resource"],
 )
 async def test_facade_refusals_are_403_and_audited(
-    files: BrokerFiles, caplog: pytest.LogCaptureFixture, caller: str, form: dict[str, str]
+    files: BrokerFiles,
+    caplog: pytest.LogCaptureFixture,
+    audit_trail: AuditTrail,
+    caller: str,
+    form: dict[str, str],
 ) -> None:
     """/oauth2/token for a caller without a matching grant: 403, one audited denial."""
     caplog.set_level(logging.INFO)
@@ -85,9 +92,11 @@ async def test_facade_refusals_are_403_and_audited(
         )
     assert response.status_code == 403, response.text
     assert response.json()["error"] == "unauthorized_client"
-    (line,) = [entry for entry in audit_lines(caplog) if entry["outcome"] == "denied"]
+    (line,) = [entry for entry in audit_trail.lines() if entry["outcome"] == "denied"]
     assert line["caller"] == caller
     assert line["profile"] == "(unknown)"
     assert line["reason"] == "unauthorized_client"
-    rendered = "".join(JsonFormatter().format(record) for record in caplog.records)
+    rendered = (
+        "".join(JsonFormatter().format(record) for record in caplog.records) + audit_trail.text()
+    )
     assert "not-a-profile" not in rendered  # caller input never reaches the log

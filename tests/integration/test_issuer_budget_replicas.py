@@ -13,7 +13,8 @@ import pytest
 from service.config.settings import Settings
 from service.store.crypto import new_cache_key
 from tests.support import OidcProvider
-from tests.support.broker import audit_lines, bearer, running_broker, write_config
+from tests.support.audit_trail import AuditTrail
+from tests.support.broker import bearer, running_broker, write_config
 
 BUDGET = 4
 # Every non-empty subset of the issuer's scopes is its own cache key: 7 distinct exchanges.
@@ -30,11 +31,13 @@ async def three_replicas(settings: Settings) -> AsyncIterator[list[httpx.AsyncCl
 
 
 async def test_budget_caps_exchanges_across_replicas_and_cache_still_serves(
-    tmp_path: Path, issuer: OidcProvider, redis_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    issuer: OidcProvider,
+    redis_url: str,
+    audit_trail: AuditTrail,
 ) -> None:
     """Budget N: exactly N exchanges reach the issuer over 3 replicas; the other requests that
     need one get 503 + Retry-After, counted and audited; cached tokens are still served."""
-    caplog.set_level("INFO", logger="token_broker.audit")
     files = write_config(tmp_path, issuer, profile_extra={"issuer_budget": f"{BUDGET}/min"})
     settings = files.settings(redis_url, cache_keys=new_cache_key())
     key = bearer(files.keys["airflow"])
@@ -65,7 +68,7 @@ async def test_budget_caps_exchanges_across_replicas_and_cache_still_serves(
         metrics = (await replicas[0].get("/metrics")).text
     assert issuer.proxy.token_requests == BUDGET
     assert 'token_broker_issuer_budget_exceeded_total{profile="ingestion"}' in metrics
-    budget_lines = [a for a in audit_lines(caplog) if a.get("event") == "issuer_budget"]
+    budget_lines = [a for a in audit_trail.lines() if a.get("event") == "issuer_budget"]
     assert len(budget_lines) == len(refusals)
     assert {(a["profile"], a["limit"]) for a in budget_lines} == {("ingestion", BUDGET)}
 

@@ -23,6 +23,7 @@ import yaml
 from service.observe.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
 from service.store.crypto import TokenCipher, new_cache_key, parse_cache_keys
 from tests.support import OidcProvider
+from tests.support.audit_trail import AuditTrail
 from tests.support.broker import (
     BrokerFiles,
     bearer,
@@ -52,17 +53,16 @@ async def _token(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Resp
     )
 
 
-def _admin_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "token_broker.audit" and r.event == "admin"]  # type: ignore[attr-defined]
+def _admin_lines(trail: AuditTrail) -> list[dict[str, Any]]:
+    return [line for line in trail.lines() if line["event"] == "admin"]
 
 
 async def test_profiles_view_is_for_admins_and_shows_no_token_or_secret(
-    tmp_path: Path, issuer: OidcProvider, redis_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, issuer: OidcProvider, redis_url: str, audit_trail: AuditTrail
 ) -> None:
     """GET /v1/profiles: 403 for a non-admin (audited); for an admin the issuer, auth method,
     last exchange, cached expiry per scope set and secret age, and never a token or secret.
     """
-    caplog.set_level(logging.INFO)
     files = admin_config(tmp_path, issuer)
     async with running_broker(files.settings(redis_url)) as client:
         token = (await _token(client, files.keys["airflow"])).json()["access_token"]
@@ -89,18 +89,17 @@ async def test_profiles_view_is_for_admins_and_shows_no_token_or_secret(
     assert token not in view.text
     for secret in files.secrets:
         assert secret not in view.text
-    outcomes = [(r.action, r.outcome, r.caller) for r in _admin_lines(caplog)]  # type: ignore[attr-defined]
+    outcomes = [(a["action"], a["outcome"], a["caller"]) for a in _admin_lines(audit_trail)]
     assert ("list_profiles", "denied", "airflow") in outcomes
     assert ("list_profiles", "ok", "secops") in outcomes
 
 
 async def test_invalidate_drops_tokens_in_every_replica(
-    tmp_path: Path, issuer: OidcProvider, redis_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, issuer: OidcProvider, redis_url: str, audit_trail: AuditTrail
 ) -> None:
     """POST /v1/profiles/ingestion/invalidate on one replica: both replicas' next request
     gets a new token from the issuer (L1s dropped over pub/sub, Redis entries deleted).
     """
-    caplog.set_level(logging.INFO)
     files = admin_config(tmp_path, issuer)
     settings = files.settings(redis_url)
     key = files.keys["airflow"]
@@ -131,7 +130,7 @@ async def test_invalidate_drops_tokens_in_every_replica(
     assert issuer.proxy.token_requests == 2
     assert missing.status_code == 404
     assert "no-such-profile" not in missing.text
-    outcomes = [(r.action, r.outcome, r.profile) for r in _admin_lines(caplog)]  # type: ignore[attr-defined]
+    outcomes = [(a["action"], a["outcome"], a["profile"]) for a in _admin_lines(audit_trail)]
     assert ("invalidate", "ok", "ingestion") in outcomes
     assert ("invalidate", "denied", "ingestion") in outcomes
     assert ("invalidate", "unknown_profile", None) in outcomes

@@ -19,9 +19,9 @@ import pytest
 
 from service.observe.logs import JsonFormatter
 from tests.support import OidcProvider, verify_access_token
+from tests.support.audit_trail import AuditTrail
 from tests.support.broker import (
     BrokerFiles,
-    audit_lines,
     bearer,
     running_broker,
     write_config,
@@ -92,6 +92,7 @@ async def test_projected_service_account_token_gets_a_token(
     issuer: OidcProvider,
     cluster: WorkloadIssuer,
     caplog: pytest.LogCaptureFixture,
+    audit_trail: AuditTrail,
 ) -> None:
     """A valid projected SA token authenticates as the bound caller and gets its grant."""
     caplog.set_level(logging.INFO)
@@ -101,12 +102,12 @@ async def test_projected_service_account_token_gets_a_token(
     body = response.json()
     _, claims = verify_access_token(body["access_token"], issuer.jwks())
     assert claims["scope"] == "ingestion"
-    issued = [line for line in audit_lines(caplog) if line["outcome"] == "issued"]
+    issued = [line for line in audit_trail.lines() if line["outcome"] == "issued"]
     assert len(issued) == 1
     assert issued[0]["caller"] == "pods"
     assert issued[0]["credential"] == "jwt:cluster"
     assert issued[0]["subject"] == "system:serviceaccount:ingestion:runner pod=runner-7d9f8-abcde"
-    rendered = "".join(JsonFormatter().format(r) for r in caplog.records)
+    rendered = "".join(JsonFormatter().format(r) for r in caplog.records) + audit_trail.text()
     assert credential not in rendered
     assert body["access_token"] not in rendered
 

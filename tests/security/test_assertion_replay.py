@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Iterator
@@ -26,9 +25,9 @@ from joserfc.jwk import RSAKey
 
 from tests.integration.test_no_leaks import redis_texts
 from tests.support import OidcProvider, RedisServer
+from tests.support.audit_trail import AuditTrail
 from tests.support.broker import (
     BrokerFiles,
-    audit_lines,
     bearer,
     running_broker,
     write_config,
@@ -150,10 +149,9 @@ async def test_a_replayed_client_assertion_is_invalid_grant_with_no_issuer_call(
     issuer: OidcProvider,
     ci: WorkloadIssuer,
     redis_url: str,
-    caplog: pytest.LogCaptureFixture,
+    audit_trail: AuditTrail,
 ) -> None:
     """Attack: the same client_assertion twice; the second is 400 invalid_grant, 0 calls."""
-    caplog.set_level(logging.INFO)
     files = generic_config(tmp_path, issuer, ci)
     stolen = assertion(ci)
     async with running_broker(files.settings(redis_url, **FAST)) as client:
@@ -163,7 +161,7 @@ async def test_a_replayed_client_assertion_is_invalid_grant_with_no_issuer_call(
     assert first.status_code == 200, first.text
     assert_invalid_grant(replayed, "already used", stolen)
     assert issuer.proxy.token_requests == calls
-    denied = [line for line in audit_lines(caplog) if line["outcome"] == "denied"]
+    denied = [line for line in audit_trail.lines() if line["outcome"] == "denied"]
     assert [line["reason"] for line in denied] == ["invalid_grant"]
 
 

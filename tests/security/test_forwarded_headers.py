@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from service.api.middleware.proxies import Network, TrustedProxies, parse_address, pick_client
 from service.config.settings import Settings
-from tests.support.broker import audit_lines, bearer, running_broker
+from tests.support.audit_trail import AuditTrail
+from tests.support.broker import bearer, running_broker
 from tests.support.broker_process import (
     BrokerProcess,
     broker_env,
@@ -206,7 +207,11 @@ def test_served_broker_behind_trusted_proxy_never_logs_header_junk(
 
 @pytest.mark.parametrize(("junk", "marker"), JUNK)
 async def test_junk_x_forwarded_for_falls_back_to_the_peer(
-    files: BrokerFiles, caplog: pytest.LogCaptureFixture, junk: str, marker: str
+    files: BrokerFiles,
+    caplog: pytest.LogCaptureFixture,
+    audit_trail: AuditTrail,
+    junk: str,
+    marker: str,
 ) -> None:
     """Log injection: junk in X-Forwarded-For from a trusted peer is never copied anywhere."""
     caplog.set_level(logging.INFO)
@@ -219,16 +224,16 @@ async def test_junk_x_forwarded_for_falls_back_to_the_peer(
         )
     assert response.status_code == 401
     assert marker not in response.text
-    lines = audit_lines(caplog)
+    lines = audit_trail.lines()
     assert [line["client"] for line in lines] == [PEER]
     assert all(marker not in json.dumps(line) for line in lines)
+    assert marker not in caplog.text
 
 
 async def test_in_process_default_ignores_x_forwarded_for(
-    files: BrokerFiles, caplog: pytest.LogCaptureFixture
+    files: BrokerFiles, audit_trail: AuditTrail
 ) -> None:
     """Audit forgery: with no trusted proxies the app itself never reads X-Forwarded-For."""
-    caplog.set_level(logging.INFO)
     async with running_broker(files.settings()) as client:
         response = await client.post(
             "/v1/token",
@@ -236,7 +241,7 @@ async def test_in_process_default_ignores_x_forwarded_for(
             headers=[*BAD.items(), ("X-Forwarded-For", "203.0.113.9")],
         )
     assert response.status_code == 401
-    assert [line["client"] for line in audit_lines(caplog)] == [PEER]
+    assert [line["client"] for line in audit_trail.lines()] == [PEER]
 
 
 # --- the middleware on its own -----------------------------------------------------------------

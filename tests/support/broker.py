@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,6 @@ import yaml
 
 from service.api.app import create_app
 from service.config.settings import Settings
-from service.observe.logs import JsonFormatter
 from service.store.crypto import new_cache_key
 from tests.support.processes import OidcProvider
 
@@ -119,15 +117,6 @@ async def running_broker(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
             yield client
-
-
-def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The audit records captured so far, as the JSON lines the broker writes."""
-    return [
-        json.loads(JsonFormatter().format(record))
-        for record in caplog.records
-        if record.name == "token_broker.audit"
-    ]
 
 
 def bearer(key: str) -> dict[str, str]:
