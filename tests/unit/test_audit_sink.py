@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,16 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def _recording(writes: list[bytes]) -> Callable[[int, bytes], int]:
+    """``os.write`` that also keeps what each call wrote in ``writes``."""
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(data)
+        return os.write(fd, data)
+
+    return write
 
 
 async def test_lines_are_written_by_the_loop_in_order(pipe: tuple[int, int]) -> None:
@@ -99,11 +109,7 @@ async def test_chunks_never_split_a_line_across_writes(pipe: tuple[int, int]) ->
     """Each write holds whole lines and at most PIPE_BUF bytes, so pipes never interleave."""
     read, write = pipe
     writes: list[bytes] = []
-
-    def recording(fd: int, data: bytes) -> int:
-        writes.append(data)
-        return os.write(fd, data)
-
+    recording = _recording(writes)
     sink = AuditSink(write, write=recording, linger_seconds=0)
     for i in range(300):
         await sink.emit(f"line {i:04d} {'y' * 40}\n".encode())
@@ -118,11 +124,7 @@ async def test_a_busy_loop_lines_share_one_write_after_the_linger(
     """Lines queued within the linger go out together once it has passed, not one write each."""
     read, write = pipe
     writes: list[bytes] = []
-
-    def recording(fd: int, data: bytes) -> int:
-        writes.append(data)
-        return os.write(fd, data)
-
+    recording = _recording(writes)
     sink = AuditSink(write, write=recording, linger_seconds=0.05)
     lines = [f"line {i:02d}\n".encode() for i in range(40)]
     for line in lines:
@@ -140,11 +142,7 @@ async def test_a_busy_loop_lines_share_one_write_after_the_linger(
 async def test_a_regular_file_gets_larger_line_aligned_writes(tmp_path: Path) -> None:
     """A log file needs no PIPE_BUF bound: 64 KiB writes, still whole lines, none lost."""
     writes: list[bytes] = []
-
-    def recording(fd: int, data: bytes) -> int:
-        writes.append(data)
-        return os.write(fd, data)
-
+    recording = _recording(writes)
     path = tmp_path / "audit.log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
