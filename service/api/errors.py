@@ -34,7 +34,7 @@ __all__ = ["NO_STORE", "describe_validation", "install", "render", "validation_e
 def render(exc: BrokerError) -> Response:
     """The response for ``exc``: its status, RFC 6749 body and headers, never cached."""
     return Response(
-        content=orjson.dumps({"error": exc.error, "error_description": exc.description}),
+        content=orjson.dumps(exc.body()),
         status_code=exc.status,
         media_type="application/json",
         headers={**NO_STORE, **exc.headers()},
