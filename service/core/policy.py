@@ -6,6 +6,7 @@ subset of the grant's; no scopes requested means all of the grant's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,12 +42,12 @@ class Policy:
             raise AccessDenied(f"caller '{caller.name}' has no grant for the requested profile")
         # Empty is treated as absent too: asking an issuer for no scope may get its defaults.
         if not request.scopes:
-            scopes = tuple(sorted(rule.scopes))
+            scopes = _sorted(rule.scopes)
         else:
-            extra = set(request.scopes) - rule.scopes
-            if extra:
+            if not rule.scopes.issuperset(request.scopes):
+                extra = set(request.scopes) - rule.scopes
                 raise ScopeNotGranted(_refusal(caller.name, extra, rule.profile_scopes))
-            scopes = tuple(sorted(set(request.scopes)))
+            scopes = _sorted(request.scopes)
         if rule.max_ttl is not None and request.min_ttl > rule.max_ttl:
             raise InvalidRequest(
                 f"min_ttl {request.min_ttl} s exceeds this grant's max_ttl {rule.max_ttl} s"
@@ -68,6 +69,12 @@ class Policy:
     def profiles_for(self, caller: Caller) -> tuple[str, ...]:
         """Profiles the caller holds a grant for, in configuration order."""
         return tuple(self._rules.get(caller.name, {}))
+
+
+@functools.lru_cache(maxsize=256)
+def _sorted(scopes: tuple[str, ...] | frozenset[str]) -> tuple[str, ...]:
+    # The same few scope sets come on every hand-out; the cache key wants them sorted.
+    return tuple(sorted(set(scopes)))
 
 
 def _refusal(caller: str, extra: set[str], known: frozenset[str]) -> str:
