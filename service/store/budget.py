@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["WINDOW_SECONDS", "Budget", "IssuerBudget", "Verdict"]
 
 WINDOW_SECONDS = 60.0
+# Leases one waiting request may sit through (a burst needs about 16 + log2(limit)).
+MAX_LEASE_ROUNDS = 64
 MAX_TRACKED = 10_000
 _ISSUER_PREFIX = "token-broker:v1:issuer-budget:"
 # INCRBY the window's counter by the share asked for, starting the window on first use;
@@ -59,6 +61,7 @@ class _Share:
     left: int = 0  # leased and not yet spent
     chunk: int = 1  # the next lease asks for this much
     exhausted: bool = False  # Redis has no more for this window
+    waiting: int = 0  # requests waiting on the lease in flight
     local_spent: int = 0  # spent while Redis was down: this replica's own window
     refill: asyncio.Task[None] | None = None
 
@@ -112,22 +115,29 @@ class Budget:
         return None
 
     async def spend(self, key: str) -> Verdict:
-        """Spend one, leasing from Redis first when this replica holds no share."""
-        verdict = self.try_spend(key)
-        if verdict is not None:
-            return verdict
-        share = self._share(key, self._clock())
-        if share.refill is None or share.refill.done():
-            share.refill = asyncio.ensure_future(self._lease(key, share))
-        # Shielded: a caller that disconnects must not cancel a lease others wait on.
-        await asyncio.shield(share.refill)
-        share = self._share(key, now := self._clock())
-        if share.left > 0:
-            share.left -= 1
-            return ALLOWED
-        if share.exhausted:
-            return Verdict(allowed=False, retry_after=share.ends_at - now)
-        return self._spend_locally(share, now)  # the lease failed: Redis is down
+        """Spend one, leasing from Redis first when this replica holds no share.
+
+        Requests that arrive together wait on one lease; those it did not cover wait on the
+        next (asking for as many as are waiting, up to a chunk). Each lease grants something,
+        exhausts the window or finds Redis down (then ``try_spend`` limits locally), so this
+        ends within about ``16 + log2(limit)`` leases; ``MAX_LEASE_ROUNDS`` bounds it anyway,
+        and a request still uncovered then is refused: nothing is admitted that Redis did not
+        count.
+        """
+        for _ in range(MAX_LEASE_ROUNDS):
+            verdict = self.try_spend(key)
+            if verdict is not None:
+                return verdict
+            share = self._share(key, self._clock())
+            if share.refill is None or share.refill.done():
+                share.refill = asyncio.ensure_future(self._lease(key, share))
+            share.waiting += 1
+            try:
+                # Shielded: a caller that disconnects must not cancel a lease others wait on.
+                await asyncio.shield(share.refill)
+            finally:
+                share.waiting -= 1
+        return Verdict(allowed=False, retry_after=1.0)
 
     def _spend_locally(self, share: _Share, now: float) -> Verdict:
         if share.local_spent >= self.limit:
@@ -160,7 +170,8 @@ class Budget:
         assert self._script is not None
         assert self._health is not None
         script = self._script
-        ask = share.chunk
+        # Enough for everyone already waiting, within the chunk bound the README states.
+        ask = min(max(share.chunk, share.waiting), self._max_chunk)
         ttl_ms = int(WINDOW_SECONDS * 1000)
         try:
             total, left_ms = await self._health.call(

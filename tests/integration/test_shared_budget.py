@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 
@@ -111,3 +112,19 @@ async def test_redis_down_mid_run_each_replica_limits_alone() -> None:
         assert await _spend_round_robin(budgets, "airflow", 60) == 30
     finally:
         await dead.aclose()
+
+
+@pytest.mark.parametrize("limit", [5, 60, 600])
+async def test_a_concurrent_burst_on_three_replicas_never_exceeds_the_limit(
+    client: aioredis.Redis, limit: int
+) -> None:
+    """Requests that wait together on one small lease are not let through past Redis's count."""
+    budgets = replicas(3, limit, client, Wall())
+    burst = [budget.spend("airflow") for budget in budgets for _ in range(limit)]
+    verdicts = await asyncio.gather(*burst)
+    allowed = sum(verdict.allowed for verdict in verdicts)
+    assert allowed <= limit
+    assert allowed >= limit - 2 * max(1, limit // 16)
+    leased = await client.get("test:budget:airflow")
+    assert leased is not None
+    assert int(leased) >= allowed  # every admitted request was leased from Redis
