@@ -66,6 +66,7 @@ class Options:
     seconds: float
     warmup_seconds: float
     rounds: int
+    headline_rounds: int
     stampede_callers: int
     steady_seconds: float
     steady_rate: float
@@ -106,7 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--figures", type=_ints, default=ALL_FIGURES, help="e.g. 1,4")
     parser.add_argument("--connections", type=_ints, default=(1, 10, 50, 200))
     parser.add_argument("--seconds", type=_bounded(float, 120), help="per wrk point (8; quick 3)")
-    parser.add_argument("--rounds", type=_bounded(int, 10), help="bare/token pairs per point (2)")
+    parser.add_argument("--rounds", type=_bounded(int, 10), help="bare/token pairs per point (2; 4 at 50 connections)"
     parser.add_argument(
         "--stampede-callers",
         type=_bounded(int, 2000),
@@ -132,6 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         seconds=args.seconds or (3.0 if quick else 8.0),
         warmup_seconds=1.0 if quick else 2.0,
         rounds=args.rounds or 2,
+        headline_rounds=args.rounds or (2 if quick else 4),
         stampede_callers=args.stampede_callers,
         steady_seconds=steady_seconds,
         steady_rate=args.steady_rate,
@@ -241,13 +243,15 @@ def figure1(bench: Bench, stack: Stack, broker: Any, *, suffix: str, title: str)
     opts = bench.options
     bench.phase(
         f"1. cached hand-out vs bare endpoint, {title}: {opts.rounds} x (bare, token) "
-        f"x {opts.seconds:.0f} s per connection count"
+        f"x {opts.seconds:.0f} s per connection count ({max(opts.rounds, opts.headline_rounds)} "
+        f"x at {handout.HEADLINE_CONNECTIONS})"
     )
     options = handout.Figure1Options(
         connections=opts.connections,
         seconds=opts.seconds,
         warmup_seconds=opts.warmup_seconds,
         rounds=opts.rounds,
+        headline_rounds=opts.headline_rounds,
     )
     name = f"figure1{suffix or '_audit'}"
     with bench.attempt(name):
