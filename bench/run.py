@@ -107,7 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--figures", type=_ints, default=ALL_FIGURES, help="e.g. 1,4")
     parser.add_argument("--connections", type=_ints, default=(1, 10, 50, 200))
     parser.add_argument("--seconds", type=_bounded(float, 120), help="per wrk point (8; quick 3)")
-    parser.add_argument("--rounds", type=_bounded(int, 10), help="bare/token pairs per point (2; 4 at 50 connections)"
+    parser.add_argument(
+        "--rounds",
+        type=_bounded(int, 10),
+        help="bare/token pairs per point (2; 4 at 50 connections)",
+    )
     parser.add_argument(
         "--stampede-callers",
         type=_bounded(int, 2000),
