@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,6 +18,7 @@ from tests.support.audit_trail import AuditTrail
 from tests.support.broker import bearer, running_broker, write_config
 
 BUDGET = 4
+BODY = {"profile": "ingestion"}
 # Every non-empty subset of the issuer's scopes is its own cache key: 7 distinct exchanges.
 SCOPE_SETS = [
     list(c) for n in (1, 2, 3) for c in itertools.combinations(["ingestion", "read", "write"], n)
@@ -92,3 +94,50 @@ async def test_caller_limit_over_three_replicas_never_admits_more_than_the_limit
     assert admitted >= limit - 2 * max(1, limit // 16)
     assert set(codes) == {200, 429}
     assert issuer.proxy.token_requests == 1
+
+
+@pytest.mark.parametrize("limit", [5, 40])
+async def test_a_concurrent_burst_over_three_replicas_never_admits_more_than_the_limit(
+    tmp_path: Path, issuer: OidcProvider, redis_url: str, limit: int
+) -> None:
+    """Per-caller limit L, 3 replicas, 3L + 30 requests in flight at once: at most L admitted."""
+    files = write_config(tmp_path, issuer)
+    settings = files.settings(redis_url, cache_keys=new_cache_key(), rate_limit_per_minute=limit)
+    key = bearer(files.keys["airflow"])
+    async with three_replicas(settings) as replicas:
+        # One hand-out first, so the burst is served from the cache rather than one flight.
+        assert (await replicas[0].post("/v1/token", json=BODY, headers=key)).status_code == 200
+        answers = await asyncio.gather(
+            *(
+                broker.post("/v1/token", json=BODY, headers=key)
+                for broker in itertools.islice(itertools.cycle(replicas), 3 * limit + 30)
+            )
+        )
+    codes = [answer.status_code for answer in answers]
+    assert set(codes) == {200, 429}
+    admitted = codes.count(200) + 1
+    assert admitted <= limit
+    assert admitted >= limit - 2 * max(1, limit // 16)
+
+
+async def test_a_concurrent_burst_of_exchanges_never_passes_the_issuer_budget(
+    tmp_path: Path, issuer: OidcProvider, redis_url: str
+) -> None:
+    """Budget N, every scope set asked at once on every replica: N exchanges reach the issuer."""
+    files = write_config(tmp_path, issuer, profile_extra={"issuer_budget": f"{BUDGET}/min"})
+    settings = files.settings(redis_url, cache_keys=new_cache_key())
+    key = bearer(files.keys["airflow"])
+    async with three_replicas(settings) as replicas:
+        answers = await asyncio.gather(
+            *(
+                broker.post(
+                    "/v1/token", json={"profile": "ingestion", "scopes": scopes}, headers=key
+                )
+                for broker in replicas
+                for scopes in SCOPE_SETS
+            )
+        )
+    codes = [answer.status_code for answer in answers]
+    assert set(codes) <= {200, 503}
+    assert issuer.proxy.token_requests <= BUDGET
+    assert codes.count(503) >= 1
