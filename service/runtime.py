@@ -285,6 +285,8 @@ class Runtime:
             await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_STEP_SECONDS)
         for generation in [*self._retiring, self.generation]:
             await _bounded(generation.aclose(), "close configuration generation")
+        await _bounded(self.shared.rate_limit.aclose(), "finish rate-limit leases")
+        await _bounded(self.shared.issuer_budget.aclose(), "finish issuer-budget leases")
         if self.shared.redis is not None:
             await _bounded(self.shared.redis.aclose(close_connection_pool=True), "close redis")
 

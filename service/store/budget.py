@@ -42,6 +42,8 @@ __all__ = ["WINDOW_SECONDS", "Budget", "IssuerBudget", "Verdict"]
 WINDOW_SECONDS = 60.0
 # Leases one waiting request may sit through (a burst needs about 16 + log2(limit)).
 MAX_LEASE_ROUNDS = 64
+# How long shutdown waits for leases in flight, twice (before and after cancelling them).
+CLOSE_WAIT_SECONDS = 1.0
 MAX_TRACKED = 10_000
 _ISSUER_PREFIX = "token-broker:v1:issuer-budget:"
 # INCRBY the window's counter by the share asked for, starting the window on first use;
@@ -97,6 +99,7 @@ class Budget:
         self._script = redis.register_script(_LEASE) if redis is not None else None
         self._clock = clock
         self._shares: dict[str, _Share] = {}
+        self._leases: set[asyncio.Task[None]] = set()
         self._max_chunk = max(1, limit // 16)
 
     def try_spend(self, key: str) -> Verdict | None:
@@ -129,12 +132,11 @@ class Budget:
             if verdict is not None:
                 return verdict
             share = self._share(key, self._clock())
-            if share.refill is None or share.refill.done():
-                share.refill = asyncio.ensure_future(self._lease(key, share))
+            refill = self._refill_in_background(key, share)
             share.waiting += 1
             try:
                 # Shielded: a caller that disconnects must not cancel a lease others wait on.
-                await asyncio.shield(share.refill)
+                await asyncio.shield(refill)
             finally:
                 share.waiting -= 1
         return Verdict(allowed=False, retry_after=1.0)
@@ -160,9 +162,23 @@ class Budget:
         while len(self._shares) >= MAX_TRACKED:
             del self._shares[next(iter(self._shares))]
 
-    def _refill_in_background(self, key: str, share: _Share) -> None:
+    def _refill_in_background(self, key: str, share: _Share) -> asyncio.Task[None]:
         if share.refill is None or share.refill.done():
             share.refill = asyncio.ensure_future(self._lease(key, share))
+            # Tracked, so that shutdown waits for a lease in flight instead of leaving its
+            # task pending and its Redis connection to the garbage collector.
+            self._leases.add(share.refill)
+            share.refill.add_done_callback(self._leases.discard)
+        return share.refill
+
+    async def aclose(self) -> None:
+        """Let leases in flight finish (one Redis round trip each), then cancel the rest."""
+        if self._leases:
+            await asyncio.wait(list(self._leases), timeout=CLOSE_WAIT_SECONDS)
+        for lease in list(self._leases):
+            lease.cancel()
+        if self._leases:
+            await asyncio.wait(list(self._leases), timeout=CLOSE_WAIT_SECONDS)
 
     async def _lease(self, key: str, share: _Share) -> None:
         from service.store.redis import RedisDown  # noqa: PLC0415 - keeps redis optional
@@ -239,6 +255,11 @@ class IssuerBudget:
                 )
             )
         self._limits, self._budgets = dict(limits), budgets
+
+    async def aclose(self) -> None:
+        """Finish or cancel every profile's leases in flight (shutdown)."""
+        for budget in self._budgets.values():
+            await budget.aclose()
 
     def limit(self, profile: str) -> int:
         """The profile's budget per minute (0: unlimited)."""

@@ -85,6 +85,10 @@ class CallerRateLimit:
         self._limit = per_minute
         self._budget = Budget(per_minute, prefix=_PREFIX, redis=redis, health=health, clock=clock)
 
+    async def aclose(self) -> None:
+        """Finish or cancel the leases in flight (shutdown)."""
+        await self._budget.aclose()
+
     async def check(self, caller: str) -> None:
         """Count one request by ``caller``; raise ``RateLimited`` beyond the limit."""
         if self._limit <= 0:

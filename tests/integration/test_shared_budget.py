@@ -128,3 +128,16 @@ async def test_a_concurrent_burst_on_three_replicas_never_exceeds_the_limit(
     leased = await client.get("test:budget:airflow")
     assert leased is not None
     assert int(leased) >= allowed  # every admitted request was leased from Redis
+
+
+async def test_close_lets_a_lease_in_flight_finish(client: aioredis.Redis) -> None:
+    """Shutdown waits for a background lease: no task is left pending on a Redis connection."""
+    (budget,) = replicas(1, 600, client, Wall())
+    assert (await budget.spend("airflow")).allowed  # spends its first share: a refill starts
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert others
+    await budget.aclose()
+    assert all(task.done() and not task.cancelled() for task in others)
+    leased = await client.get("test:budget:airflow")
+    assert leased is not None
+    assert int(leased) == 1 + 2  # the first lease and the refill's
