@@ -95,6 +95,7 @@ def token_fields(
     labels: Mapping[str, str] | None,
     client: str | None,
 ) -> dict[str, Any]:
+    """The fields of a ``token`` audit line, in the order every line carries them."""
     return {
         "event": "token",
         "outcome": outcome,
