@@ -24,6 +24,8 @@ log = logging.getLogger("token_broker.broker")
 
 Clock = Callable[[], float]
 MAX_SEEN = 1024
+# How long shutdown lets exchanges in flight finish before cancelling them.
+CLOSE_GRACE_SECONDS = 1.0
 Accept = Callable[[IssuedToken], bool]
 
 
@@ -190,8 +192,12 @@ class Broker:
         raise UpstreamUnavailable("could not obtain a token with enough remaining life")
 
     async def aclose(self) -> None:
-        """Cancel background refreshes and pending exchanges; used at shutdown."""
+        """Let exchanges in flight end (bounded), then cancel the rest; used at shutdown."""
         pending: list[asyncio.Future[Any]] = [*self._background, *self._flights.values()]
+        if pending:
+            # A refresh that ends still reaches the shared cache; and an exchange cancelled
+            # while its HTTP client connects can leave that socket to the garbage collector.
+            await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -212,3 +212,19 @@ def test_cache_key_ignores_scope_order() -> None:
     broker = _broker(clock, CountingSource(clock), MemoryTokenCache(clock=clock))
     assert broker.key_for("p", ("b", "a")) == broker.key_for("p", ("a", "b"))
     assert broker.key_for("p", ("a",)) != broker.key_for("p", ("a", "b"))
+
+
+async def test_close_lets_an_exchange_in_flight_finish_before_cancelling() -> None:
+    """Shutdown waits (bounded) for an exchange in flight: it ends and is cached, not cut off."""
+    clock = FakeClock(1_000_000.0)
+    source = CountingSource(clock)
+    source.gate = asyncio.Event()
+    cache = MemoryTokenCache(clock=clock)
+    broker = _broker(clock, source, cache)
+    asking = asyncio.create_task(broker.issue(GRANT))
+    await asyncio.sleep(0)  # the exchange starts and waits on the issuer
+    asyncio.get_running_loop().call_later(0.05, source.gate.set)
+    await broker.aclose()
+    issued = await asking
+    assert (issued.token.access_token, issued.source) == ("tok-1", "issuer")
+    assert await cache.get(broker.key_for(GRANT.profile, GRANT.scopes)) is not None
