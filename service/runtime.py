@@ -49,6 +49,7 @@ from service.store.redis import (
     RedisTokenCache,
     listen_for_invalidations,
 )
+from service.tasks import finish_or_cancel
 from service.upstream.exchange import UpstreamTokenSource
 from service.upstream.minted import MintedProfile, Minter
 from service.upstream.resilience import Backoff
@@ -275,14 +276,10 @@ class Runtime:
     async def aclose(self) -> None:
         """Stop background work and close connections."""
         self._stopping.set()
-        if self._tasks:
-            # The invalidation listener ends by itself within one poll when told to stop.
-            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_STEP_SECONDS / 2)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            # Bounded, like every step of shutdown: a stuck task must not hold the process.
-            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_STEP_SECONDS)
+        # The invalidation listener ends by itself within one poll when told to stop.
+        await finish_or_cancel(
+            self._tasks, grace=SHUTDOWN_STEP_SECONDS / 2, after_cancel=SHUTDOWN_STEP_SECONDS
+        )
         for generation in [*self._retiring, self.generation]:
             await _bounded(generation.aclose(), "close configuration generation")
         await _bounded(self.shared.rate_limit.aclose(), "finish rate-limit leases")

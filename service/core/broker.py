@@ -15,10 +15,11 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from service.errors import TokenLifetimeTooShort, UpstreamUnavailable
 from service.models import Grant, Issued, IssuedToken
+from service.tasks import finish_or_cancel
 
 log = logging.getLogger("token_broker.broker")
 
@@ -193,14 +194,13 @@ class Broker:
 
     async def aclose(self) -> None:
         """Let exchanges in flight end (bounded), then cancel the rest; used at shutdown."""
-        pending: list[asyncio.Future[Any]] = [*self._background, *self._flights.values()]
-        if pending:
-            # A refresh that ends still reaches the shared cache; and an exchange cancelled
-            # while its HTTP client connects can leave that socket to the garbage collector.
-            await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # A refresh that ends still reaches the shared cache; and an exchange cancelled while
+        # its HTTP client connects can leave that socket to the garbage collector.
+        await finish_or_cancel(
+            [*self._background, *self._flights.values()],
+            grace=CLOSE_GRACE_SECONDS,
+            after_cancel=CLOSE_GRACE_SECONDS,
+        )
 
     def _usable(self, token: IssuedToken, now: float, min_ttl: int) -> bool:
         return token.remaining(now) >= max(min_ttl, self.skew(token))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.errors import UpstreamUnavailable
+from service.tasks import finish_or_cancel
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -173,12 +174,9 @@ class Budget:
 
     async def aclose(self) -> None:
         """Let leases in flight finish (one Redis round trip each), then cancel the rest."""
-        if self._leases:
-            await asyncio.wait(list(self._leases), timeout=CLOSE_WAIT_SECONDS)
-        for lease in list(self._leases):
-            lease.cancel()
-        if self._leases:
-            await asyncio.wait(list(self._leases), timeout=CLOSE_WAIT_SECONDS)
+        await finish_or_cancel(
+            self._leases, grace=CLOSE_WAIT_SECONDS, after_cancel=CLOSE_WAIT_SECONDS
+        )
 
     async def _lease(self, key: str, share: _Share) -> None:
         from service.store.redis import RedisDown  # noqa: PLC0415 - keeps redis optional
